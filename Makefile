@@ -28,8 +28,11 @@ $(INSTALLED): pyproject.toml | $(PYTHON) $(BUNDLE)
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# JupyterLab refuses to run as root unless told; containers often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 demo: setup
-	$(VENV)/bin/jupyter lab notebooks/tour.ipynb
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/tour.ipynb
 
 test: setup
 	$(PYTHON) -m pytest --nbval-lax tests notebooks --ignore=tests/browser/notebooks
