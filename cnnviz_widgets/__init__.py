@@ -5,5 +5,26 @@ Everything public is re-exported here; see the README for the list.
 
 from . import demo
 from .layers import conv_layers
+from . import render
+from .methods import (
+    feature_maps,
+    filter_patterns,
+    filter_weights,
+    grad_cam,
+    guided_backprop,
+    guided_grad_cam,
+    occlusion,
+)
+from .data import Evaluation, embed, evaluate, project
+from .projector import export_projector
+from .widgets.charts import ClassProbabilities, ConfusionMatrix
+from .widgets.scatter3d import Scatter3D
+from .widgets.dashboard import Dashboard, explore
+from .widgets.feature_maps import FeatureMapPanel
+from .widgets.filters import FiltersPanel
+from .widgets.heatmaps import GradCAMPanel, GuidedBackpropPanel
+from .widgets.mistakes import MistakesPanel
+from .widgets.occlusion import OcclusionPanel
+from .widgets.projector_panel import ProjectorPanel
 
 __version__ = "0.1.0"

@@ -33,16 +33,29 @@ class Capture:
     stop_early: bool = False
 
     def run(self, x: Tensor) -> Tensor | None:
-        """Forward ``x``; returns the logits, or None when the probe stopped after its last layer."""
+        """Forward ``x``; returns the logits, or None when the probe stopped after its last layer.
+
+        A failure inside the user's network is reported as a ValueError about ``x`` (the usual cause: a
+        picture too small for the network's pooling, or not what its first layer expects), with the
+        network's own error chained for the details.
+        """
         try:
             return self.model(x)
         except _StopForward:
             return None
+        except RuntimeError as error:
+            raise ValueError(
+                f"x: {type(self.model).__name__} cannot run on an input of shape {tuple(x.shape)}: {error}"
+            ) from error
 
 
 @contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; every module's mode, ``requires_grad`` and ``.grad`` given back on the way out."""
+    """Eval mode and frozen parameters inside; every module's mode, ``requires_grad`` and ``.grad`` given back.
+
+    Freezing the parameters means no backward pass inside can write a ``.grad`` (autograd accumulates
+    into an existing ``.grad`` in place), and no graph is recorded for layers below the one studied.
+    """
     modes = [(module, module.training) for module in model.modules()]
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
@@ -50,6 +63,8 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
     try:
         # A forward pass in train mode would rewrite BatchNorm running statistics and make dropout random.
         model.eval()
+        for p in params:
+            p.requires_grad_(False)
         yield
     finally:
         for module, training in modes:
@@ -71,9 +86,13 @@ def probe(
 ) -> Iterator[Capture]:
     """Capture layer outputs and inputs of ``model`` during the forward passes run inside the block.
 
-    differentiable: keep each captured output in the autograd graph, safe from later in-place ops, so that
-        ``torch.autograd.grad(score, capture.outputs[name])`` gives the gradient at the layer's output
-        and runs backward no further down than the layer.
+    Parameters are frozen inside the block: gradients exist only for tensors that ask for them (the
+    input image, or the captured outputs below).
+
+    differentiable: each captured output requires grad and stays in the autograd graph, safe from later
+        in-place ops, so ``torch.autograd.grad(score, capture.outputs[name])`` gives the gradient at the
+        layer's output; when the input does not require grad, the output is a leaf and nothing below the
+        layer is recorded at all.
     guide_activations: guided backpropagation; every ``nn.ReLU`` / ``nn.ReLU6`` passes back only positive
         gradients (on top of its own mask of positive inputs).
     stop_early: abort the forward pass once every requested layer has been seen (see ``Capture.run``).
@@ -90,14 +109,20 @@ def probe(
 
     def output_hook(name: str):
         def hook(module, args, output):
-            if differentiable and isinstance(output, Tensor):
+            if not isinstance(output, Tensor):
+                capture.outputs[name] = output
+                maybe_stop(name)
+                return None
+            if differentiable:
+                if not output.requires_grad:
+                    output = output.detach().requires_grad_(True)
+                capture.outputs[name] = output
+                maybe_stop(name)
                 # Hand the network a copy: an in-place op further on (ReLU(inplace=True), `out += identity`)
                 # then cannot overwrite the tensor whose gradient is asked for.
-                capture.outputs[name] = output
-                returned = output.clone()
-                maybe_stop(name)
-                return returned
-            capture.outputs[name] = output.detach() if isinstance(output, Tensor) else output
+                return output.clone()
+            # A copy, for the same reason: `out += identity` downstream would rewrite a shared tensor.
+            capture.outputs[name] = output.detach().clone()
             maybe_stop(name)
             return None
 
@@ -106,7 +131,9 @@ def probe(
     def input_hook(name: str):
         def hook(module, args):
             first = args[0] if args else None
-            capture.inputs[name] = first if differentiable or first is None else first.detach()
+            if isinstance(first, Tensor) and not differentiable:
+                first = first.detach().clone()
+            capture.inputs[name] = first
             maybe_stop(f"input:{name}")
 
         return hook

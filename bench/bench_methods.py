@@ -1,0 +1,172 @@
+"""Explanation methods side by side with the reference libraries, in one process.
+
+Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``). Prints a markdown table:
+for each model at 224 px, the best of several runs of our Grad-CAM, guided backprop and exact occlusion
+next to Captum's (occlusion: its fastest ``perturbations_per_eval``) and pytorch-grad-cam's; then the
+time of 8 filter patterns at 128 px, and the memory (RSS) growth over 300 rounds of
+grad_cam + guided_backprop + feature_maps.
+
+ResNet18 and VGG16 use random weights (speed does not depend on them); EfficientNet-Lite0 is the demo
+model with its pretrained weights.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import warnings
+
+import torch
+import torchvision
+from captum.attr import GuidedBackprop, LayerGradCam, Occlusion
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+import cnnviz_widgets as cw
+
+SIZE = 224
+TARGET = 1
+GRADIENT_RUNS = 15
+OCCLUSION_RUNS = 3
+OCCLUSION_WINDOW, OCCLUSION_STRIDE = 56, 28
+CAPTUM_PERTURBATIONS = (16, 32, 49)
+MEMORY_ROUNDS = 300
+PATTERN_FILTERS, PATTERN_SIZE = 8, 128
+
+
+def best_times(functions: dict, runs: int) -> dict:
+    """Seconds of the fastest of ``runs`` calls of each function, after one warm-up call each.
+
+    The calls take turns (one of each, then again), so a burst of load from other processes on the
+    machine hits every contender alike.
+    """
+    times = {name: [] for name in functions}
+    for function in functions.values():
+        function()
+    for _ in range(runs):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def models():
+    torch.manual_seed(0)
+    efficientnet, _, _ = cw.demo.imagenet_model()
+    return [
+        ("ResNet18", torchvision.models.resnet18(weights=None).eval(), "layer4"),
+        ("EfficientNet-Lite0", efficientnet, "_conv_head"),
+        ("VGG16", torchvision.models.vgg16(weights=None).eval(), "features.28"),
+    ]
+
+
+def grad_cam_row(model, layer, x):
+    module = dict(model.named_modules())[layer]
+    captum = LayerGradCam(model, module)
+    with GradCAM(model=model, target_layers=[module]) as cam:
+        times = best_times(
+            {
+                "ours": lambda: cw.grad_cam(model, x, layer, TARGET),
+                "captum": lambda: captum.attribute(x.unsqueeze(0), target=TARGET, relu_attributions=True),
+                "pytorch-grad-cam": lambda: cam(input_tensor=x.unsqueeze(0), targets=[ClassifierOutputTarget(TARGET)]),
+            },
+            GRADIENT_RUNS,
+        )
+    return times["ours"], times["captum"], times["pytorch-grad-cam"]
+
+
+def guided_backprop_row(model, x):
+    captum = GuidedBackprop(model)
+    times = best_times(
+        {
+            "ours": lambda: cw.guided_backprop(model, x, TARGET),
+            "captum": lambda: captum.attribute(x.unsqueeze(0).clone().requires_grad_(True), target=TARGET),
+        },
+        GRADIENT_RUNS,
+    )
+    return times["ours"], times["captum"], None
+
+
+def occlusion_row(model, x):
+    captum = Occlusion(lambda batch: torch.softmax(model(batch), dim=1))
+    window = (3, OCCLUSION_WINDOW, OCCLUSION_WINDOW)
+    stride = (3, OCCLUSION_STRIDE, OCCLUSION_STRIDE)
+
+    def captum_run(perturbations):
+        with torch.no_grad():
+            captum.attribute(
+                x.unsqueeze(0),
+                sliding_window_shapes=window,
+                strides=stride,
+                target=TARGET,
+                baselines=0.0,
+                perturbations_per_eval=perturbations,
+            )
+
+    contenders = {"ours": lambda: cw.occlusion(model, x, TARGET, window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE)}
+    for perturbations in CAPTUM_PERTURBATIONS:
+        contenders[perturbations] = lambda perturbations=perturbations: captum_run(perturbations)
+    times = best_times(contenders, OCCLUSION_RUNS)
+    return times.pop("ours"), min(times.values()), None
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as stream:
+        pages = int(stream.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_growth(model, layer, x) -> float:
+    def one_round():
+        cw.grad_cam(model, x, layer, TARGET)
+        cw.guided_backprop(model, x, TARGET)
+        cw.feature_maps(model, x, layer)
+
+    for _ in range(3):
+        one_round()
+    gc.collect()
+    before = rss_mib()
+    for _ in range(MEMORY_ROUNDS):
+        one_round()
+    gc.collect()
+    return rss_mib() - before
+
+
+def milliseconds(seconds):
+    return "—" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def main():
+    warnings.filterwarnings("ignore")
+    torch.set_grad_enabled(True)
+    x = torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {GRADIENT_RUNS} runs "
+          f"(occlusion: {OCCLUSION_RUNS}), input {SIZE} px; occlusion window {OCCLUSION_WINDOW}, "
+          f"stride {OCCLUSION_STRIDE}; Captum occlusion at its best perturbations_per_eval of {CAPTUM_PERTURBATIONS}\n")
+    print("| model | method | ours (ms) | Captum (ms) | pytorch-grad-cam (ms) | Captum / ours |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    all_models = models()
+    for name, model, layer in all_models:
+        rows = [
+            ("Grad-CAM", grad_cam_row(model, layer, x)),
+            ("guided backprop", guided_backprop_row(model, x)),
+            ("occlusion (exact)", occlusion_row(model, x)),
+        ]
+        for method, (ours, captum, other) in rows:
+            print(f"| {name} | {method} | {milliseconds(ours)} | {milliseconds(captum)} | {milliseconds(other)} "
+                  f"| {captum / ours:.2f}x |", flush=True)
+    _, efficientnet, _ = all_models[1]
+    start = time.perf_counter()
+    cw.filter_patterns(efficientnet, "_blocks.10._expand_conv", list(range(PATTERN_FILTERS)), size=PATTERN_SIZE,
+                       normalize=((0.5,) * 3, (0.5,) * 3))
+    print(f"\nfilter_patterns: {PATTERN_FILTERS} patterns at {PATTERN_SIZE} px on EfficientNet-Lite0 "
+          f"(_blocks.10._expand_conv, default steps): {time.perf_counter() - start:.1f} s")
+    name, model, layer = all_models[0]
+    print(f"RSS growth over {MEMORY_ROUNDS} rounds of grad_cam + guided_backprop + feature_maps ({name}, "
+          f"{SIZE} px): {memory_growth(model, layer, x):.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Whole-dataset views of a classifier: what it gets wrong (evaluate) and how it arranges the data (embed, project).
+
+``images`` may be a tensor ``(N, C, H, W)``, a ``torch.utils.data.Dataset`` whose items are images or
+``(image, label, ...)`` tuples, or a ``DataLoader`` yielding such batches. Inference runs batch by batch on the
+model's device, under :func:`~cnnviz_widgets.probe.probe`, so the model comes back exactly as it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .layers import last_linear_layer, resolve_layer
+from .probe import probe
+
+PROJECTION_METHODS = ("pca", "tsne", "umap")
+POOLING = ("avg", "flatten")
+# Above this many values (points x dimensions) PCA switches from an exact SVD to a randomised one: the
+# exact one costs O(N D^2), the randomised one O(N D k) for k components.
+EXACT_PCA_MAX_VALUES = 10_000_000
+# t-SNE's neighbour search degrades with dimension; 50 principal components keep the neighbourhoods.
+TSNE_INPUT_DIMS = 50
+
+
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _split_item(item, where: str) -> tuple[Tensor, Tensor | None]:
+    """An item or batch from a Dataset / DataLoader -> (images, labels or None)."""
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise TypeError(f"images: {where} yielded an empty {type(item).__name__}")
+        images = item[0]
+        labels = item[1] if len(item) > 1 else None
+    else:
+        images, labels = item, None
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"images: {where} yielded {type(images).__name__}; expected image tensors "
+            "(add a transform such as torchvision.transforms.ToTensor to the dataset)"
+        )
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+    return images, labels
+
+
+def _check_image_batch(batch: Tensor) -> Tensor:
+    if batch.ndim != 4:
+        raise ValueError(
+            f"images: expected image batches of shape (N, C, H, W), got a tensor of shape {tuple(batch.shape)}"
+        )
+    if not batch.is_floating_point():
+        batch = batch.float()
+    return batch
+
+
+class _Images:
+    """Uniform batched access to a tensor, a Dataset or a DataLoader of images (and maybe their labels)."""
+
+    def __init__(self, images, batch_size: int):
+        self.batch_size = batch_size
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if isinstance(images, Tensor):
+            _check_image_batch(images)
+            self.count = len(images)
+            self.batches = len(range(0, self.count, batch_size))
+            self._iterate = lambda: ((images[i : i + batch_size], None) for i in range(0, self.count, batch_size))
+        elif isinstance(images, DataLoader):
+            self.count = len(images.dataset) if hasattr(images.dataset, "__len__") else None
+            self.batches = len(images) if hasattr(images.dataset, "__len__") else None
+            self._iterate = lambda: (_split_item(batch, "the DataLoader") for batch in images)
+        elif isinstance(images, Dataset):
+            if not hasattr(images, "__len__"):
+                raise TypeError("images: an iterable Dataset has no length; wrap it in a DataLoader")
+            self.count = len(images)
+            self.batches = len(range(0, self.count, batch_size))
+            self._iterate = lambda: self._dataset_batches(images)
+        else:
+            raise TypeError(
+                "images: expected a tensor (N, C, H, W), a torch Dataset or a DataLoader, "
+                f"got {type(images).__name__}"
+            )
+        if self.count == 0:
+            raise ValueError("images: no images given (empty tensor or dataset)")
+
+    def _dataset_batches(self, dataset: Dataset) -> Iterator[tuple[Tensor, Tensor | None]]:
+        for start in range(0, self.count, self.batch_size):
+            stop = min(start + self.batch_size, self.count)
+            items = [_split_item(dataset[i], "the Dataset") for i in range(start, stop)]
+            images = torch.stack([image for image, _ in items])
+            labels = None if items[0][1] is None else torch.stack([label for _, label in items])
+            yield images, labels
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        for images, labels in self._iterate():
+            yield _check_image_batch(images), labels
+
+
+def _progress(images: _Images, description: str, progress: bool):
+    return tqdm(images, total=images.batches, desc=description, unit="batch", disable=not progress, leave=False)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A classifier's predictions on a labelled dataset.
+
+    labels, predictions: (N,) int64 class indices; probabilities: (N, K) float32 softmax outputs;
+    confusion: (K, K) int64 counts, rows the true class and columns the predicted one
+    (``sklearn.metrics.confusion_matrix(labels, predictions, labels=range(K))``).
+    """
+
+    labels: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    confusion: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return self.probabilities.shape[1]
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(N,) bool: whether each image is classified right."""
+        return self.predictions == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """(N,) float32: the probability the model gives to the class it predicts."""
+        return self.probabilities[np.arange(len(self.predictions)), self.predictions]
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        """(K,) float64: the recall of each true class; NaN for a class with no image."""
+        totals = self.confusion.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(totals > 0, np.diag(self.confusion) / totals, np.nan)
+
+    def _check_class(self, value, argument: str) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{argument}: expected a class index (int) or None, got {type(value).__name__}")
+        if not 0 <= value < self.num_classes:
+            raise ValueError(f"{argument}: class index {value} out of range 0..{self.num_classes - 1}")
+        return int(value)
+
+    def mistakes(self, true: int | None = None, predicted: int | None = None) -> np.ndarray:
+        """Indices of the misclassified images, most confident first; optionally only true class ``true``
+        and/or predicted class ``predicted``."""
+        true = self._check_class(true, "true")
+        predicted = self._check_class(predicted, "predicted")
+        wrong = ~self.correct
+        if true is not None:
+            wrong &= self.labels == true
+        if predicted is not None:
+            wrong &= self.predictions == predicted
+        indices = np.flatnonzero(wrong)
+        # Stable sort, so ties keep dataset order and the result is the same on every run.
+        return indices[np.argsort(-self.confidence[indices], kind="stable")]
+
+
+def _labels_array(labels, count: int | None) -> np.ndarray:
+    if isinstance(labels, Tensor):
+        labels = labels.detach().cpu().numpy()
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"labels: expected a sequence of class indices, got {type(labels).__name__}") from error
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise TypeError(
+            f"labels: expected a 1-D sequence of integer class indices, got dtype {array.dtype} "
+            f"and shape {array.shape}"
+        )
+    if count is not None and len(array) != count:
+        raise ValueError(f"labels: {len(array)} labels for {count} images; give one label per image")
+    return array.astype(np.int64)
+
+
+def evaluate(model: nn.Module, images, labels=None, batch_size: int = 64, *, progress: bool = True) -> Evaluation:
+    """Run ``model`` over ``images`` and compare its predictions with ``labels``.
+
+    labels: one class index per image; may be omitted when ``images`` is a Dataset or DataLoader of
+    ``(image, label)`` pairs.
+    """
+    model = _check_model(model)
+    source = _Images(images, _check_batch_size(batch_size))
+    given = None if labels is None else _labels_array(labels, source.count)
+    device = _device_of(model)
+    logits, seen_labels = [], []
+    with probe(model) as capture:
+        for batch, batch_labels in _progress(source, "evaluate", progress):
+            output = capture.run(batch.to(device))
+            if not isinstance(output, Tensor):
+                raise TypeError(f"model: expected it to return a logits tensor (N, K), got {type(output).__name__}")
+            logits.append(output.float().cpu())
+            if given is None:
+                if batch_labels is None:
+                    raise ValueError("labels: not given, and the images carry none; pass labels=")
+                seen_labels.append(batch_labels.reshape(-1).cpu())
+    logits = torch.cat(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"model: expected logits of shape (N, K), got {tuple(logits.shape)}")
+    # A DataLoader over an iterable dataset has no length up front: the label count is checked here.
+    true = _labels_array(given if given is not None else torch.cat(seen_labels), len(logits))
+    num_classes = logits.shape[1]
+    if true.size and (true.min() < 0 or true.max() >= num_classes):
+        raise ValueError(
+            f"labels: values must be class indices in 0..{num_classes - 1}, got {true.min()}..{true.max()}"
+        )
+    predictions = logits.argmax(dim=1).numpy().astype(np.int64)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (true, predictions), 1)
+    return Evaluation(
+        labels=true,
+        predictions=predictions,
+        probabilities=torch.softmax(logits, dim=1).numpy().astype(np.float32),
+        confusion=confusion,
+    )
+
+
+def _pooled(activations, pool: str, layer_name: str) -> Tensor:
+    if not isinstance(activations, Tensor):
+        raise TypeError(
+            f"layer: {layer_name!r} gives {type(activations).__name__}, not a tensor; "
+            "choose a layer with a tensor output"
+        )
+    if activations.ndim == 4 and pool == "avg":
+        return activations.mean(dim=(2, 3))
+    return activations.reshape(len(activations), -1)
+
+
+def embed(
+    model: nn.Module, images, layer=None, batch_size: int = 64, pool: str = "avg", *, progress: bool = True
+) -> np.ndarray:
+    """Activations of ``layer`` for every image -> float32 array ``(N, D)``.
+
+    layer: a submodule or dotted name; None takes the input of the last ``nn.Linear`` (the penultimate
+        features the classifier separates).
+    pool: for a conv layer's (N, C, h, w) output, "avg" averages each map (D = C), "flatten" keeps every
+        position (D = C*h*w).
+    """
+    model = _check_model(model)
+    if pool not in POOLING:
+        raise ValueError(f"pool: expected one of {POOLING}, got {pool!r}")
+    source = _Images(images, _check_batch_size(batch_size))
+    if layer is None:
+        name, module = resolve_layer(model, last_linear_layer(model))
+        watch = {"inputs": [(name, module)]}
+    else:
+        name, module = resolve_layer(model, layer)
+        watch = {"outputs": [(name, module)]}
+    device = _device_of(model)
+    features = []
+    with probe(model, stop_early=True, **watch) as capture:
+        for batch, _ in _progress(source, "embed", progress):
+            capture.inputs.clear()
+            capture.outputs.clear()
+            capture.run(batch.to(device))
+            seen = capture.inputs if layer is None else capture.outputs
+            if name not in seen:
+                raise ValueError(f"layer: {name!r} was not called in the model's forward pass; choose another layer")
+            features.append(_pooled(seen[name], pool, name).float().cpu())
+    return torch.cat(features).numpy()
+
+
+def _embeddings_array(embeddings) -> np.ndarray:
+    if isinstance(embeddings, Tensor):
+        embeddings = embeddings.detach().cpu().numpy()
+    try:
+        array = np.asarray(embeddings, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"embeddings: expected a numeric array (N, D), got {type(embeddings).__name__}"
+        ) from error
+    if array.ndim != 2:
+        raise ValueError(f"embeddings: expected a 2-D array (N, D), got shape {array.shape}")
+    if len(array) < 3:
+        raise ValueError(f"embeddings: need at least 3 points to project, got {len(array)}")
+    if not np.isfinite(array).all():
+        raise ValueError("embeddings: contains NaN or infinite values")
+    return array
+
+
+def _pca(points: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    exact = points.size <= EXACT_PCA_MAX_VALUES
+    solver = "full" if exact else "randomized"
+    return PCA(n_components=dims, svd_solver=solver, random_state=seed).fit_transform(points)
+
+
+def _tsne(points: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    from sklearn.manifold import TSNE
+
+    if points.shape[1] > TSNE_INPUT_DIMS and len(points) > TSNE_INPUT_DIMS:
+        points = _pca(points, TSNE_INPUT_DIMS, seed)
+    # Perplexity must stay below the number of neighbours each point has.
+    perplexity = min(30.0, (len(points) - 1) / 3)
+    tsne = TSNE(n_components=dims, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(points)
+
+
+def _umap(points: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    import warnings
+
+    import umap
+
+    with warnings.catch_warnings():
+        # A fixed random_state makes UMAP single-threaded; it says so on every call, and that is the trade.
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
+        reducer = umap.UMAP(n_components=dims, n_neighbors=min(15, len(points) - 1), random_state=seed)
+        return reducer.fit_transform(points)
+
+
+_PROJECTIONS = {"pca": _pca, "tsne": _tsne, "umap": _umap}
+
+
+def project(embeddings, method: str = "pca", dims: int = 3, seed: int = 0) -> np.ndarray:
+    """Project embeddings ``(N, D)`` to ``(N, dims)`` float32 points, the same for the same seed.
+
+    method: "pca" (exact SVD, randomised above ten million values), "tsne" (scikit-learn, Barnes-Hut, PCA
+        initialisation; inputs reduced to 50 principal components first) or "umap" (umap-learn).
+    dims: 2 or 3.
+    """
+    if method not in _PROJECTIONS:
+        raise ValueError(f"method: expected one of {PROJECTION_METHODS}, got {method!r}")
+    if isinstance(dims, bool) or dims not in (2, 3):
+        raise ValueError(f"dims: expected 2 or 3, got {dims!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    points = _embeddings_array(embeddings)
+    if method == "pca" and points.shape[1] < dims:
+        raise ValueError(f"dims: {dims} principal components asked of {points.shape[1]}-dimensional embeddings")
+    return np.ascontiguousarray(_PROJECTIONS[method](points, dims, int(seed)), dtype=np.float32)

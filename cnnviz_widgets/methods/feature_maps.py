@@ -1,0 +1,33 @@
+"""The activations of one layer for one image: what the network has made of the picture at that depth."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..inputs import check_image, check_model
+from ..layers import resolve_layer
+from ..probe import probe
+
+
+def feature_maps(model: nn.Module, x: Tensor, layer) -> Tensor:
+    """The output of ``layer`` for the image ``x``: ``(C_l, h, w)`` for a conv layer, detached on the CPU.
+
+    For a module the forward pass calls more than once (a ReLU reused within a block), this is its
+    output at the last call, the same activation Grad-CAM explains.
+    """
+    check_model(model)
+    name, module = resolve_layer(model, layer)
+    image = check_image(model, x)
+    with probe(model, outputs=[(name, module)]) as capture:
+        capture.run(image)
+    return layer_output(capture.outputs, name, module)[0].cpu()
+
+
+def layer_output(outputs: dict, name: str, module: nn.Module) -> Tensor:
+    """The captured output of ``name``, or a ValueError when the forward pass never reached a tensor there."""
+    output = outputs.get(name)
+    if output is None:
+        raise ValueError(f"layer: {name!r} ({type(module).__name__}) is not called by the model's forward pass")
+    if not isinstance(output, Tensor):
+        raise ValueError(f"layer: {name!r} returns a {type(output).__name__}, not a tensor; pick a layer inside it")
+    return output

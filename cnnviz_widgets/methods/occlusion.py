@@ -1,0 +1,115 @@
+"""Occlusion sensitivity: slide a patch over the image and watch the class probability fall.
+
+Every occluded image goes through the network; ``forward_occluded`` turns one batch of patch positions
+into logits and is the single place to replace (e.g. by incremental inference that recomputes only the
+region a patch touches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..inputs import (
+    check_baseline,
+    check_image,
+    check_logits,
+    check_model,
+    check_positive_int,
+    check_target,
+    check_window,
+)
+from ..probe import probe
+
+Box = tuple[int, int, int, int]
+"""A patch ``(top, bottom, left, right)``: rows ``top:bottom`` and columns ``left:right`` of the image."""
+
+OccludedForward = Callable[[nn.Module, Tensor, Tensor, Sequence[Box]], Tensor]
+
+DEFAULT_BATCH_SIZE = 32
+"""Occluded images per forward pass: past ~32 images of 224 px a CPU gains nothing and memory keeps growing."""
+
+
+@dataclass(frozen=True)
+class OcclusionResult:
+    """scores: ``(rows, cols)`` probability of the target with the patch at each position.
+    attribution: ``(H, W)`` for each pixel, the mean over the windows covering it of ``p(x) - p(x occluded)``.
+    probability: ``p(x)``, the target's probability on the intact image.
+    """
+
+    scores: Tensor
+    attribution: Tensor
+    probability: float
+
+
+def forward_occluded(model: nn.Module, image: Tensor, baseline: Tensor, boxes: Sequence[Box]) -> Tensor:
+    """Logits ``(len(boxes), K)`` of ``image`` (1, C, H, W) with each box replaced by ``baseline``."""
+    batch = image.expand(len(boxes), -1, -1, -1).clone()
+    for row, (top, bottom, left, right) in enumerate(boxes):
+        batch[row, :, top:bottom, left:right] = baseline[0, :, top:bottom, left:right]
+    return model(batch)
+
+
+def window_boxes(
+    height: int, width: int, window: tuple[int, int], stride: tuple[int, int]
+) -> tuple[list[Box], int, int]:
+    """Patch positions, row-major, and the grid's rows and columns.
+
+    Positions start every ``stride`` pixels until the window reaches the far edge; the last one may hang
+    over and is cut at the border.
+    """
+    rows = -(-(height - window[0]) // stride[0]) + 1
+    cols = -(-(width - window[1]) // stride[1]) + 1
+    boxes = [
+        (top, min(top + window[0], height), left, min(left + window[1], width))
+        for top in range(0, rows * stride[0], stride[0])
+        for left in range(0, cols * stride[1], stride[1])
+    ]
+    return boxes, rows, cols
+
+
+def occlusion(
+    model: nn.Module,
+    x: Tensor,
+    target,
+    window=32,
+    stride=16,
+    baseline=0.0,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    forward: OccludedForward = forward_occluded,
+) -> OcclusionResult:
+    """Occlusion sensitivity of class ``target`` for the image ``x`` (see :class:`OcclusionResult`).
+
+    window, stride: an int or an ``(h, w)`` pair, in input pixels.
+    baseline: what fills the patch: a number, or a tensor broadcastable to ``x`` (a grey, mean or blurred image).
+    """
+    check_model(model)
+    image = check_image(model, x)
+    (window_hw, stride_hw) = check_window(window, stride, image.shape[-2], image.shape[-1])
+    fill = check_baseline(baseline, image)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    boxes, rows, cols = window_boxes(image.shape[-2], image.shape[-1], window_hw, stride_hw)
+    with probe(model) as capture:
+        logits = check_logits(model, capture.run(image))
+        index = check_target(target, logits.shape[1])
+        probability = torch.softmax(logits, dim=1)[0, index]
+        batches = [boxes[start : start + batch_size] for start in range(0, len(boxes), batch_size)]
+        scores = torch.cat(
+            [torch.softmax(check_logits(model, forward(model, image, fill, batch)), dim=1)[:, index] for batch in batches]
+        )
+    attribution = spread_over_windows(probability - scores, boxes, image.shape[-2:])
+    return OcclusionResult(scores.reshape(rows, cols).cpu(), attribution.cpu(), float(probability))
+
+
+def spread_over_windows(drops: Tensor, boxes: Sequence[Box], size) -> Tensor:
+    """For each pixel, the mean of ``drops`` over the boxes that cover it."""
+    total = torch.zeros(tuple(size), dtype=drops.dtype, device=drops.device)
+    count = torch.zeros_like(total)
+    for drop, (top, bottom, left, right) in zip(drops, boxes):
+        total[top:bottom, left:right] += drop
+        count[top:bottom, left:right] += 1
+    return total / count

@@ -1,0 +1,168 @@
+"""bqplot charts of a classifier's outputs: the confusion matrix (click a cell to pick a kind of mistake) and the
+class probabilities of one image."""
+
+from __future__ import annotations
+
+import bqplot
+import ipywidgets
+import numpy as np
+import traitlets
+from torch import Tensor
+
+# Mistakes (off the diagonal) run from white to orange, hits (on it) from orange on to blue: the few errors
+# stay visible next to a diagonal that holds nearly every image.
+MISTAKE_COLORS = ["#ffffff", "#f4a261", "#3c7dbf"]
+BAR_COLOR = "#7aa6d6"
+TRUE_CLASS_COLOR = "#2ca02c"
+CELL_PIXELS = 34
+MIN_FIGURE_PIXELS = 320
+
+
+def _as_numpy(values) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+
+
+def _names(class_names, count: int, argument: str = "class_names") -> list[str]:
+    if class_names is None:
+        return [str(index) for index in range(count)]
+    names = [str(name) for name in class_names]
+    if len(names) != count:
+        raise ValueError(f"{argument}: {len(names)} names for {count} classes")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{argument}: names must be distinct, so that each row and column can be told apart")
+    return names
+
+
+class ConfusionMatrix(ipywidgets.VBox):
+    """Counts of (true class, predicted class) as a heatmap; rows are true classes, columns predictions.
+
+    Clicking a cell sets ``selection`` to ``(true, predicted)`` (class indices); observe it to show those
+    images. Setting ``selection`` highlights the cell; None clears it.
+    """
+
+    selection = traitlets.Tuple(traitlets.Int(), traitlets.Int(), default_value=None, allow_none=True)
+
+    def __init__(self, confusion, class_names=None, title: str = "Confusion matrix"):
+        matrix = _as_numpy(confusion)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+            raise ValueError(f"confusion: expected a square (K, K) matrix of counts, got shape {matrix.shape}")
+        if not np.issubdtype(matrix.dtype, np.integer):
+            raise TypeError(f"confusion: expected integer counts, got dtype {matrix.dtype}")
+        names = _names(class_names, len(matrix))
+        off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
+        most_mistakes = max(int(off_diagonal.max()) if off_diagonal.size else 0, 1)
+        color_scale = bqplot.ColorScale(
+            min=0, mid=most_mistakes, max=max(int(matrix.max()), most_mistakes + 1), colors=MISTAKE_COLORS
+        )
+        row_scale, column_scale = bqplot.OrdinalScale(reverse=True), bqplot.OrdinalScale()
+        self.heatmap = bqplot.GridHeatMap(
+            color=matrix,
+            row=names,
+            column=names,
+            scales={"row": row_scale, "column": column_scale, "color": color_scale},
+            selected_style={"stroke": "#111", "stroke-width": "3"},
+            stroke="#d0d0d0",
+            display_format="d",
+            font_style={"font-size": "12px", "fill": "#1a1a1a"},
+        )
+        axes = [
+            bqplot.Axis(scale=column_scale, label="predicted", side="bottom", grid_lines="none"),
+            bqplot.Axis(scale=row_scale, label="true", side="left", grid_lines="none"),
+        ]
+        side = max(MIN_FIGURE_PIXELS, CELL_PIXELS * len(matrix)) + 90
+        self.figure = bqplot.Figure(
+            marks=[self.heatmap],
+            axes=axes,
+            title=title,
+            padding_x=0,
+            padding_y=0,
+            fig_margin={"top": 40, "bottom": 50, "left": 70, "right": 10},
+            layout=ipywidgets.Layout(width=f"{side}px", height=f"{side}px"),
+        )
+        self.confusion = matrix
+        self.class_names = names
+        super().__init__([self.figure])
+        # bqplot's own click selection comes back to Python as an object array it cannot send again, so
+        # clicks arrive as element_click messages and the highlight is set from here, as an int array.
+        self.heatmap.on_element_click(self._cell_clicked)
+
+    def _cell_clicked(self, mark, content):
+        cell = content.get("data") or {}
+        if "rowNum" in cell and "columnNum" in cell:
+            self.selection = (int(cell["rowNum"]), int(cell["columnNum"]))
+
+    @traitlets.validate("selection")
+    def _check_selection(self, proposal):
+        cell = proposal["value"]
+        if cell is not None and not all(0 <= index < len(self.confusion) for index in cell):
+            raise traitlets.TraitError(f"selection: class indices must lie in 0..{len(self.confusion) - 1}, got {cell}")
+        return cell
+
+    @traitlets.observe("selection")
+    def _highlight(self, change):
+        cell = change["new"]
+        self.heatmap.selected = None if cell is None else np.array([cell], dtype=np.int64)
+
+
+class ClassProbabilities(ipywidgets.VBox):
+    """The model's most probable classes for one image, as horizontal bars; the true class, when known, in green.
+
+    ``show(probabilities, true_class=None)`` updates the bars for another image.
+    """
+
+    def __init__(self, probabilities=None, class_names=None, top_k: int = 10, true_class: int | None = None,
+                 title: str = "Class probabilities"):
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k: expected a positive int, got {top_k!r}")
+        self.top_k = top_k
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self._class_scale = bqplot.OrdinalScale(reverse=True)
+        probability_scale = bqplot.LinearScale(min=0, max=1)
+        self.bars = bqplot.Bars(
+            x=[],
+            y=[],
+            color=[],
+            orientation="horizontal",
+            scales={
+                "x": self._class_scale,
+                "y": probability_scale,
+                "color": bqplot.ColorScale(min=0, max=1, colors=[BAR_COLOR, TRUE_CLASS_COLOR]),
+            },
+            label_display=True,
+            label_display_format=".1%",
+            label_font_style={"font-size": "11px", "fill": "#1a1a1a"},
+            padding=0.2,
+        )
+        axes = [
+            bqplot.Axis(scale=self._class_scale, side="left", grid_lines="none"),
+            bqplot.Axis(scale=probability_scale, tick_format=".0%", side="bottom", num_ticks=5),
+        ]
+        self.figure = bqplot.Figure(
+            marks=[self.bars],
+            axes=axes,
+            title=title,
+            fig_margin={"top": 40, "bottom": 35, "left": 130, "right": 50},
+            layout=ipywidgets.Layout(width="420px", height=f"{80 + 26 * top_k}px"),
+        )
+        super().__init__([self.figure])
+        if probabilities is not None:
+            self.show(probabilities, true_class)
+
+    def show(self, probabilities, true_class: int | None = None) -> None:
+        values = _as_numpy(probabilities).astype(np.float64)
+        if values.ndim == 2 and len(values) == 1:
+            values = values[0]
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(
+                f"probabilities: expected one probability per class, shape (K,) or (1, K), got {values.shape}"
+            )
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1 + 1e-6:
+            raise ValueError("probabilities: values must be probabilities in [0, 1] (apply softmax to logits)")
+        names = _names(self.class_names, len(values))
+        if true_class is not None and not 0 <= int(true_class) < len(values):
+            raise ValueError(f"true_class: class index {true_class} out of range 0..{len(values) - 1}")
+        top = np.argsort(-values, kind="stable")[: self.top_k]
+        with self.bars.hold_sync():
+            self.bars.x = [names[index] for index in top]
+            self.bars.y = values[top]
+            self.bars.color = (top == true_class).astype(float) if true_class is not None else np.zeros(len(top))

@@ -1,0 +1,103 @@
+"""The dashboard: every panel in tabs, sharing one current image, class and layer."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import traitlets
+
+from . import drawing
+from .context import ModelContext
+from .feature_maps import FeatureMapPanel
+from .filters import FiltersPanel
+from .heatmaps import GradCAMPanel, GuidedBackpropPanel
+from .mistakes import MistakesPanel
+from .occlusion import OcclusionPanel
+from .projector_panel import ProjectorPanel
+
+
+class Dashboard(widgets.VBox):
+    """All views of one model and one image set. Selecting an image anywhere (a point of the projector, a
+    picture of the mistakes gallery, a thumbnail) makes it the current image of every tab."""
+
+    image = traitlets.Int(0, help="index of the current image, shared by every tab")
+    target = traitlets.Int(0, help="the class explained, shared by Grad-CAM, guided backprop and occlusion")
+    layer = traitlets.Unicode(help="the conv layer shown by feature maps, filters, Grad-CAM and guided backprop")
+
+    def __init__(self, model, images, labels=None, class_names=None, preprocess=None):
+        self.context = ModelContext(model, images, preprocess=preprocess, class_names=class_names, labels=labels)
+        shared = dict(context=self.context, active=False)
+        self.panels = {}
+        if labels is not None:
+            self.panels["Mistakes"] = MistakesPanel(**shared)
+        self.panels["Projector"] = ProjectorPanel(**shared)
+        self.panels["Grad-CAM"] = GradCAMPanel(**shared)
+        self.panels["Feature maps"] = FeatureMapPanel(**shared)
+        self.panels["Filters"] = FiltersPanel(**shared)
+        self.panels["Occlusion"] = OcclusionPanel(**shared)
+        self.panels["Guided backprop"] = GuidedBackpropPanel(**shared)
+        self.tabs = widgets.Tab(children=list(self.panels.values()), titles=list(self.panels))
+        self.current = widgets.HTML()
+        super().__init__([self.current, self.tabs])
+        self.add_class("cnnviz-dashboard")
+        self.layer = self.context.default_layer()
+        for panel in self.panels.values():
+            traitlets.link((self, "image"), (panel, "image"))
+            if "layer" in panel.trait_names():
+                traitlets.link((self, "layer"), (panel, "layer"))
+        grad_cam = self.panels["Grad-CAM"]
+        self.target = grad_cam.target
+        for panel in self.panels.values():
+            if "target" in panel.trait_names():
+                traitlets.link((self, "target"), (panel, "target"))
+        self.tabs.observe(self._tab_shown, "selected_index")
+        self._tab_shown(None)
+        self._describe()
+
+    @property
+    def grad_cam(self) -> GradCAMPanel:
+        return self.panels["Grad-CAM"]
+
+    def _tab_shown(self, change) -> None:
+        shown = self.tabs.selected_index or 0
+        for position, panel in enumerate(self.panels.values()):
+            panel.set_active(position == shown)
+
+    @traitlets.observe("image")
+    def _image_changed(self, change) -> None:
+        # Each class-driven panel switches to the new image's most probable class.
+        self.target = self.grad_cam.target
+        self._describe()
+
+    def _describe(self) -> None:
+        try:
+            ranked = self.context.ranked_classes(self.image)
+        except Exception:  # noqa: BLE001 - the tabs show the message; the header just stays quiet
+            self.current.value = f"<div style='font-size:13px;padding:4px 0'>current image <b>{drawing.escape(self.context.names[self.image])}</b></div>"
+            return
+        top, probability = ranked[0]
+        names = self.context.class_names
+        truth = ""
+        if self.context.labels is not None:
+            truth = f" · true class <b>{drawing.escape(names[self.context.labels[self.image]])}</b>"
+        self.current.value = (
+            f"<div style='font-size:13px;padding:4px 0'>current image <b>{drawing.escape(self.context.names[self.image])}</b>"
+            f"{truth} · the model says <b>{drawing.escape(drawing.probability_label(names[top], probability))}</b></div>"
+        )
+
+    def wait(self, timeout: float = 120.0) -> bool:
+        """Block until every panel shows its current view (for scripts and tests)."""
+        return all(panel.wait(timeout) for panel in self.panels.values())
+
+    def wait_prefetched(self, timeout: float = 120.0) -> bool:
+        """Block until every panel also holds what it computes ahead (tests measuring cached repaints)."""
+        return all(panel.wait_prefetched(timeout) for panel in self.panels.values())
+
+
+def explore(model, images, labels=None, class_names=None, preprocess=None) -> Dashboard:
+    """Every view of ``model`` on ``images`` in one dashboard (see :class:`Dashboard`).
+
+    images: pictures (PIL images or uint8 arrays, a list or a ``{name: picture}`` dict) or a tensor
+        ``(N, C, H, W)`` of model inputs; labels: their true classes (enables the mistakes view);
+        preprocess: picture -> model input, e.g. ``weights.transforms()``.
+    """
+    return Dashboard(model, images, labels=labels, class_names=class_names, preprocess=preprocess)

@@ -1,0 +1,208 @@
+"""Where the model looks: Grad-CAM for two classes side by side, guided backprop and guided Grad-CAM."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import numpy as np
+import traitlets
+
+from .. import render
+from . import drawing
+from .base import COLORMAPS, ClassChooser, ImagePicker, LayerChooser, Panel, shows_errors
+from .context import LRUCache
+
+# Grad-CAMs of this many most probable classes are computed ahead, so switching among them is instant.
+PREFETCH_CLASSES = 10
+PICTURE_LAYOUT = dict(width="280px", height="280px", object_fit="contain")
+
+
+def _side_by_side(pictures: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Pictures of one height in a row, white between them (what Save as PNG writes)."""
+    height = max(picture.shape[0] for picture in pictures)
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    row = []
+    for picture in pictures:
+        row += [render.resize(picture, height, round(picture.shape[1] * height / picture.shape[0])), spacer]
+    return np.concatenate(row[:-1], axis=1)
+
+
+class _ClassPanel(Panel):
+    """A panel about one image, one layer and target classes (shared by the heatmap panels)."""
+
+    layer = traitlets.Unicode()
+    target = traitlets.Int(0, help="the class explained")
+
+    def _common_controls(self):
+        self.picker = ImagePicker(self.context)
+        self.layer_chooser = LayerChooser(self.context)
+        self.class_chooser = ClassChooser(self.context, description="class")
+        self._rendered = LRUCache(512)
+        self._pictures: list[np.ndarray] = []
+
+    def _link_common(self) -> None:
+        self.layer = self.context.default_layer()
+        self.class_chooser.rank_for(self.image)
+        self.target = self.class_chooser.value
+        widgets.link((self.picker, "index"), (self, "image"))
+        widgets.link((self, "layer"), (self.layer_chooser, "value"))
+        widgets.link((self.class_chooser, "value"), (self, "target"))
+
+    @traitlets.validate("layer")
+    def _check_layer(self, proposal):
+        return self.check_layer(proposal["value"])
+
+    @traitlets.validate("target")
+    def _check_target(self, proposal):
+        target = proposal["value"]
+        if not 0 <= target < self.context.num_classes:
+            raise traitlets.TraitError(f"target: class {target} out of range 0..{self.context.num_classes - 1}")
+        return target
+
+    def _rerank(self) -> None:
+        """New image: classes reordered by its probabilities, its most probable class selected."""
+        self.class_chooser.rank_for(self.image)
+
+    def picture(self) -> bytes:
+        return render.to_png(_side_by_side(self._pictures)) if self._pictures else b""
+
+
+class GradCAMPanel(_ClassPanel):
+    """Grad-CAM heatmaps of two classes for one image, over the picture, at a chosen conv layer."""
+
+    title = "Grad-CAM"
+    caption = "which parts of the picture push the model towards each class (red = strong), for two classes side by side"
+    second_target = traitlets.Int(0, help="the class shown on the right")
+
+    def _build(self):
+        self._common_controls()
+        self.second_chooser = ClassChooser(self.context, description="compare with")
+        self.opacity = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity", layout=widgets.Layout(width="300px"))
+        self.cmap = widgets.Dropdown(options=COLORMAPS, value="jet", description="colours", layout=widgets.Layout(width="200px"))
+        self.left = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
+        self.right = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
+        self.left_label, self.right_label = widgets.HTML(), widgets.HTML()
+        self.left.add_class("cnnviz-grad-cam-left")
+        self.right.add_class("cnnviz-grad-cam-right")
+        self.second_chooser.add_class("cnnviz-second-class-chooser")
+        for control in (self.opacity, self.cmap):
+            control.observe(lambda _: self.refresh(), "value")
+        views = widgets.HBox(
+            [widgets.VBox([self.left, self.left_label]), widgets.VBox([self.right, self.right_label])],
+            layout=widgets.Layout(gap="16px"),
+        )
+        return [
+            self.picker,
+            self.layer_chooser,
+            widgets.HBox([self.class_chooser, self.second_chooser]),
+            widgets.HBox([self.opacity, self.cmap]),
+            views,
+        ]
+
+    def _start(self) -> None:
+        self._link_common()
+        self.second_chooser.rank_for(self.image, rank=1)
+        self.second_target = self.second_chooser.value
+        widgets.link((self.second_chooser, "value"), (self, "second_target"))
+        self.observe(self._image_changed, "image")
+        self.observe(lambda _: self.refresh(), ["layer", "target", "second_target"])
+        self.refresh()
+
+    @shows_errors
+    def _image_changed(self, change) -> None:
+        with self.hold_trait_notifications():
+            self._rerank()
+            self.second_chooser.rank_for(self.image, rank=1)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute both heatmaps for the current image, layer, classes and display options."""
+        key = (self.image, self.layer, self.target, self.second_target, self.opacity.value, self.cmap.value)
+        self.request(lambda: self._render(key), self._show)
+
+    def _overlay(self, image, layer, target, opacity, cmap) -> tuple[bytes, np.ndarray]:
+        def compute():
+            cam = self.context.grad_cam(image, layer, target)
+            picture = render.overlay(self.context.view(image), cam, alpha=opacity, cmap=cmap)
+            return render.to_png(picture), picture
+
+        return self._rendered.get((image, layer, target, opacity, cmap), compute)
+
+    def _render(self, key):
+        image, layer, target, second, opacity, cmap = key
+        probabilities = self.context.probabilities(image)
+        sides = [self._overlay(image, layer, k, opacity, cmap) for k in (target, second)]
+        names = self.context.class_names
+        labels = [drawing.probability_label(names[k], probabilities[k]) for k in (target, second)]
+        return key, sides, labels
+
+    def _show(self, result) -> None:
+        key, ((left_png, left), (right_png, right)), (left_label, right_label) = result
+        image, layer, _, _, opacity, cmap = key
+        likely = [k for k, _ in self.context.ranked_classes(image)[:PREFETCH_CLASSES]]
+        self.prefetch([lambda k=k: self._overlay(image, layer, k, opacity, cmap) for k in likely])
+        self.left.value, self.right.value = left_png, right_png
+        self._pictures = [left, right]
+        layer = key[1]
+        self.left_label.value = f"<span style='font-size:13px'><b>{drawing.escape(left_label)}</b><br>at {drawing.escape(layer)}</span>"
+        self.right_label.value = f"<span style='font-size:13px'><b>{drawing.escape(right_label)}</b><br>at {drawing.escape(layer)}</span>"
+
+
+class GuidedBackpropPanel(_ClassPanel):
+    """The picture, its guided backpropagation and its guided Grad-CAM for one class."""
+
+    title = "Guided backprop"
+    caption = "the pixels that raise the class score, in fine detail (guided backprop), and only where Grad-CAM looks (guided Grad-CAM)"
+
+    def _build(self):
+        self._common_controls()
+        self.original = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
+        self.guided = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
+        self.guided_cam = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
+        labels = [widgets.HTML(f"<span style='font-size:13px'>{text}</span>") for text in ("the picture", "guided backprop", "guided Grad-CAM")]
+        self.class_label = widgets.HTML()
+        self.guided.add_class("cnnviz-guided")
+        self.guided_cam.add_class("cnnviz-guided-grad-cam")
+        views = widgets.HBox(
+            [widgets.VBox([view, label]) for view, label in zip((self.original, self.guided, self.guided_cam), labels)],
+            layout=widgets.Layout(gap="12px"),
+        )
+        return [self.picker, self.layer_chooser, self.class_chooser, views, self.class_label]
+
+    def _start(self) -> None:
+        self._link_common()
+        self.observe(self._image_changed, "image")
+        self.observe(lambda _: self.refresh(), ["layer", "target"])
+        self.refresh()
+
+    @shows_errors
+    def _image_changed(self, change) -> None:
+        with self.hold_trait_notifications():
+            self._rerank()
+        self.refresh()
+
+    def refresh(self) -> None:
+        key = (self.image, self.layer, self.target)
+        self.request(lambda: self._render(key), self._show)
+
+    def _render(self, key):
+        def compute():
+            image, layer, target = key
+            view = self.context.view(image)
+            guided = render.gradient_image(self.context.guided_backprop(image, target))
+            guided_cam = render.gradient_image(self.context.guided_grad_cam(image, layer, target))
+            pictures = [view, guided, guided_cam]
+            return key, [render.to_png(picture) for picture in pictures], pictures
+
+        return self._rendered.get(key, compute)
+
+    def _show(self, result) -> None:
+        key, pngs, pictures = result
+        self.original.value, self.guided.value, self.guided_cam.value = pngs
+        self._pictures = pictures
+        image, layer, target = key
+        probability = self.context.probabilities(image)[target]
+        name = self.context.class_names[target]
+        self.class_label.value = (
+            f"<span style='font-size:13px'>explaining <b>{drawing.escape(drawing.probability_label(name, probability))}</b>; "
+            f"guided Grad-CAM uses the heatmap of {drawing.escape(layer)}</span>"
+        )

@@ -1,0 +1,156 @@
+"""Mistakes: the confusion matrix and a gallery of the misclassified images."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import numpy as np
+
+from .. import render
+from . import drawing
+from .base import Panel
+from .charts import ConfusionMatrix
+from .picture import ClickablePicture
+from .tasks import Interruptible
+
+GALLERY_PAGE = 24
+GALLERY_SIDE = 72
+ALL = -1
+
+
+class MistakesPanel(Panel):
+    """Which images the model gets wrong: a click on a matrix cell filters the gallery, a click on an image selects it."""
+
+    title = "Mistakes"
+    caption = "the images the model gets wrong, most confident mistakes first; click a cell of the matrix to see only those"
+
+    def _build(self):
+        self.matrix_box = widgets.Box(layout=widgets.Layout(min_width="320px"))
+        self.true_class = widgets.Dropdown(description="true", layout=widgets.Layout(width="220px"))
+        self.predicted_class = widgets.Dropdown(description="predicted", layout=widgets.Layout(width="220px"))
+        self.order = widgets.ToggleButtons(
+            options=[("most confident first", "confident"), ("least confident first", "hesitant")],
+            value="confident",
+            style={"button_width": "150px"},
+        )
+        self.previous = widgets.Button(icon="chevron-left", tooltip="previous page", layout=widgets.Layout(width="36px"))
+        self.next = widgets.Button(icon="chevron-right", tooltip="next page", layout=widgets.Layout(width="36px"))
+        self.summary = widgets.HTML()
+        self.slots = [ClickablePicture(width=GALLERY_SIDE, pixelated=True) for _ in range(GALLERY_PAGE)]
+        self.captions = [widgets.HTML(layout=widgets.Layout(width=f"{GALLERY_SIDE + 24}px")) for _ in range(GALLERY_PAGE)]
+        self.cards = [
+            widgets.VBox([slot, caption], layout=widgets.Layout(align_items="center", margin="2px", display="none"))
+            for slot, caption in zip(self.slots, self.captions)
+        ]
+        for position, slot in enumerate(self.slots):
+            slot.on_point(lambda x, y, kind, position=position: self._clicked(position))
+        self.gallery = widgets.GridBox(
+            self.cards, layout=widgets.Layout(grid_template_columns=f"repeat(6, {GALLERY_SIDE + 28}px)")
+        )
+        self.gallery.add_class("cnnviz-mistakes-gallery")
+        self.evaluation = None
+        self.matrix: ConfusionMatrix | None = None
+        self._shown: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._page = 0
+        filters = widgets.HBox([self.true_class, self.predicted_class])
+        paging = widgets.HBox([self.previous, self.next, self.summary], layout=widgets.Layout(align_items="center"))
+        gallery = widgets.VBox([filters, self.order, paging, self.gallery])
+        return [widgets.HBox([self.matrix_box, gallery], layout=widgets.Layout(gap="16px", align_items="flex-start"))]
+
+    def _start(self) -> None:
+        self.previous.on_click(lambda _: self._turn(-1))
+        self.next.on_click(lambda _: self._turn(1))
+        self.observe(lambda _: self._highlight(), "image")
+        if self.context.labels is None:
+            self.show_error(ValueError("labels: the mistakes view needs the true class of each image; pass labels="))
+            return
+        self.request_long(f"classifying {self.context.count} images…", self._evaluate, self._show_evaluation)
+
+    def _evaluate(self, task):
+        with self.context.worker_lock:
+            model = Interruptible(self.context.worker_model, task, total_images=self.context.count)
+            return self.context.evaluation(model)
+
+    def _show_evaluation(self, evaluation) -> None:
+        self.evaluation = evaluation
+        names = self.context.class_names
+        choices = [("all", ALL)] + [(name, k) for k, name in enumerate(names)]
+        self.true_class.options = choices
+        self.predicted_class.options = choices
+        self.matrix = ConfusionMatrix(evaluation.confusion, names)
+        self.matrix_box.children = [self.matrix]
+        self.matrix.observe(self._cell_chosen, "selection")
+        for control in (self.true_class, self.predicted_class, self.order):
+            control.observe(lambda _: self._filter(), "value")
+        self._filter()
+
+    def _cell_chosen(self, change) -> None:
+        cell = change["new"]
+        true, predicted = (ALL, ALL) if cell is None else cell
+        with self.hold_trait_notifications():
+            self.true_class.value = true
+            self.predicted_class.value = predicted
+        self._filter()
+
+    def _filter(self) -> None:
+        true = None if self.true_class.value in (None, ALL) else self.true_class.value
+        predicted = None if self.predicted_class.value in (None, ALL) else self.predicted_class.value
+        shown = self.evaluation.mistakes(true=true, predicted=predicted)
+        self._shown = shown if self.order.value == "confident" else shown[::-1]
+        self._page = 0
+        self._draw()
+
+    def _turn(self, step: int) -> None:
+        pages = max(1, -(-len(self._shown) // GALLERY_PAGE))
+        self._page = (self._page + step) % pages
+        self._draw()
+
+    def _draw(self) -> None:
+        evaluation, names = self.evaluation, self.context.class_names
+        start = self._page * GALLERY_PAGE
+        page = self._shown[start : start + GALLERY_PAGE]
+        with self.hold_sync():
+            for slot, caption, card, index in zip(self.slots, self.captions, self.cards, [*page, *[None] * GALLERY_PAGE]):
+                if index is None:
+                    card.layout.display = "none"
+                    continue
+                slot.value = drawing.thumbnail(self.context.pictures[index], GALLERY_SIDE)
+                slot.hint = f"image {self.context.names[index]}"
+                slot.highlighted = int(index) == self.image
+                caption.value = (
+                    "<div style='font-size:11px;line-height:1.3;text-align:center'>"
+                    f"true <b>{drawing.escape(names[evaluation.labels[index]])}</b><br>"
+                    f"said <b style='color:#c62828'>{drawing.escape(names[evaluation.predictions[index]])}</b> "
+                    f"{evaluation.confidence[index]:.0%}</div>"
+                )
+                card.layout.display = "flex"
+        total = len(self._shown)
+        wrong = int((~evaluation.correct).sum())
+        shown = f"{start + 1}–{start + len(page)} of {total}" if total else "none"
+        self.summary.value = (
+            f"<span style='font-size:12px'>mistakes shown: {shown} · accuracy {evaluation.accuracy:.1%} "
+            f"({wrong} wrong of {len(evaluation.labels)}) · click an image to select it</span>"
+        )
+
+    @property
+    def shown(self) -> np.ndarray:
+        """Indices of the images the gallery lists under the current filters, in gallery order."""
+        return self._shown.copy()
+
+    def _clicked(self, position: int) -> None:
+        index = self._page * GALLERY_PAGE + position
+        if index < len(self._shown):
+            self.image = int(self._shown[index])
+
+    def _highlight(self) -> None:
+        start = self._page * GALLERY_PAGE
+        for position, slot in enumerate(self.slots):
+            index = start + position
+            slot.highlighted = index < len(self._shown) and int(self._shown[index]) == self.image
+
+    def picture(self) -> bytes:
+        start = self._page * GALLERY_PAGE
+        page = self._shown[start : start + GALLERY_PAGE]
+        if not len(page):
+            return b""
+        tiles = np.stack([render.resize(render.to_rgb(self.context.pictures[i]), GALLERY_SIDE, GALLERY_SIDE) for i in page])
+        return render.to_png(render.arrange(tiles, columns=6, padding=4))

@@ -1,0 +1,118 @@
+"""Projector: every image as a point, placed by what the model makes of it, in 3D or 2D."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import numpy as np
+
+from .. import render
+from ..data import project
+from . import drawing, scatter_data
+from .base import Panel
+from .context import LRUCache
+from .scatter3d import Scatter3D
+from .tasks import Interruptible
+
+PENULTIMATE = "(classifier input)"
+
+
+class ProjectorPanel(Panel):
+    """Embeddings of every image at a layer, projected by PCA, t-SNE or UMAP; a click on a point selects its image."""
+
+    title = "Projector"
+    caption = (
+        "each point is an image, placed by how the model sees it: images the model finds alike sit close together "
+        "(drag to turn, scroll to zoom, hover to see the image, click to select it)"
+    )
+
+    def _build(self):
+        layers = [(f"{PENULTIMATE}", PENULTIMATE)] + [
+            (f"{name}  (mean of {shape[0]} maps)", name) for name, shape in self.context.conv_layers()
+        ]
+        self.layer_chooser = widgets.Dropdown(options=layers, value=PENULTIMATE, description="layer", layout=widgets.Layout(width="420px"))
+        self.method = widgets.ToggleButtons(options=[("PCA", "pca"), ("t-SNE", "tsne"), ("UMAP", "umap")], value="pca", style={"button_width": "70px"})
+        self.dims = widgets.ToggleButtons(options=[("3D", 3), ("2D", 2)], value=3, style={"button_width": "50px"})
+        colourings = [("true class", "label"), ("prediction", "prediction"), ("right / wrong", "correct")]
+        if self.context.labels is None:
+            colourings = [colourings[1]]
+        self.color_by = widgets.Dropdown(options=colourings, value=colourings[0][1], description="colour by", layout=widgets.Layout(width="260px"))
+        self.scatter_box = widgets.Box(layout=widgets.Layout(width="100%", min_height="200px"))
+        self.scatter: Scatter3D | None = None
+        self.summary = widgets.HTML()
+        self._projections = LRUCache(16)
+        self._points: np.ndarray | None = None
+        controls = widgets.HBox([self.method, self.dims, self.color_by], layout=widgets.Layout(gap="12px"))
+        return [self.layer_chooser, controls, self.scatter_box, self.summary]
+
+    def _start(self) -> None:
+        for control in (self.layer_chooser, self.method, self.dims):
+            control.observe(lambda _: self.refresh(), "value")
+        self.color_by.observe(self._recolour, "value")
+        self.observe(self._image_changed, "image")
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Embed (once per layer) and project with the chosen method, off the main thread."""
+        key = (self.layer_chooser.value, self.method.value, self.dims.value)
+        text = f"embedding {self.context.count} images and projecting with {dict(pca='PCA', tsne='t-SNE', umap='UMAP')[key[1]]}…"
+        self.request_long(text, lambda task: self._project(task, key), self._show)
+
+    def _project(self, task, key):
+        def compute():
+            layer, method, dims = key
+            with self.context.worker_lock:
+                model = Interruptible(self.context.worker_model, task, total_images=self.context.count)
+                embeddings = self.context.embeddings(None if layer == PENULTIMATE else layer, model, prefix="model.")
+                predictions = self.context.predictions(model)
+            task.checkpoint()
+            return key, project(embeddings, method=method, dims=dims), predictions
+
+        return self._projections.get(key, compute)
+
+    def _show(self, result) -> None:
+        key, points, predictions = result
+        self._points = points
+        layer, method, dims = key
+        if self.scatter is None:
+            self.scatter = Scatter3D(
+                points,
+                labels=self.context.labels,
+                predictions=predictions,
+                class_names=self.context.class_names,
+                images=[np.asarray(picture) for picture in self.context.pictures],
+                color_by=self.color_by.value,
+            )
+            self.scatter.observe(self._point_chosen, "selected")
+            self.scatter_box.children = [self.scatter]
+        else:
+            buffer, given_dims = scatter_data.positions(points)
+            with self.scatter.hold_sync():
+                self.scatter.points = buffer
+                self.scatter.dims = given_dims
+                self.scatter.view = "3d" if given_dims == 3 else "2d"
+        self.scatter.selected = [self.image]
+        name = "PCA" if method == "pca" else "t-SNE" if method == "tsne" else "UMAP"
+        self.summary.value = (
+            f"<span style='font-size:12px'>{self.context.count} images, embedded at "
+            f"{drawing.escape(layer)}, projected to {dims}D by {name}</span>"
+        )
+
+    def _recolour(self, change) -> None:
+        if self.scatter is not None:
+            self.scatter.color_by = change["new"]
+
+    def _point_chosen(self, change) -> None:
+        chosen = [index for index in change["new"] if index not in change["old"]] or change["new"]
+        if chosen:
+            self.image = int(chosen[-1])
+
+    def _image_changed(self, change) -> None:
+        if self.scatter is not None and self.scatter.selected != [change["new"]]:
+            self.scatter.selected = [change["new"]]
+
+    def picture(self) -> bytes:
+        """The projected points seen from the front (first two coordinates), coloured as on screen."""
+        if self.scatter is None or self._points is None:
+            return b""
+        colours = np.frombuffer(self.scatter.colors, dtype=np.uint8)
+        return render.to_png(drawing.points_picture(self._points, colours, list(self.scatter.palette)))

@@ -1,0 +1,115 @@
+"""Scatter3D: a three.js point cloud in the notebook, for embeddings projected to 2 or 3 dimensions.
+
+The class holds traits and wiring only; the arrays become byte buffers in ``scatter_data`` and the hover
+thumbnails one PNG sprite atlas in ``sprites``. Drawing, hovering, picking and the lasso live in
+``js/src/scatter3d.js``, built into ``static/scatter3d.js``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anywidget
+import traitlets
+
+from ..sprites import build_atlas
+from . import scatter_data
+
+BUNDLE = Path(__file__).resolve().parent.parent / "static" / "scatter3d.js"
+# The hover thumbnail atlas stays below this side, so one PNG carries tens of thousands of thumbnails.
+SPRITE_MAX_SIDE = 4096
+SPRITE_THUMBNAIL_SIZE = 48
+
+
+class Scatter3D(anywidget.AnyWidget):
+    """Points in 3D (orbit, zoom, pan) or 2D, coloured by label, prediction or correct/wrong.
+
+    Hovering a point shows its label, prediction and image; a click selects it, shift-click adds or
+    removes it, the lasso selects many. ``selected`` holds the selected point indices, in both directions:
+    observe it to react to the user, set it to highlight points.
+
+    points: (N, 3) or (N, 2) array; labels, predictions: N class indices; class_names: names of the
+    classes; images: N images for the hover thumbnails (tensor (N, C, H, W), array or list of PIL images).
+    """
+
+    _esm = BUNDLE
+
+    points = traitlets.Bytes(help="float32 x, y, z per point, centred in the unit cube").tag(sync=True)
+    colors = traitlets.Bytes(help="uint8 palette index per point").tag(sync=True)
+    palette = traitlets.List(traitlets.Unicode(), help="hex colour per palette index").tag(sync=True)
+    legend = traitlets.List(traitlets.Unicode(), help="name per palette index").tag(sync=True)
+    labels = traitlets.Bytes(help="uint16 true class per point; empty if unknown").tag(sync=True)
+    predictions = traitlets.Bytes(help="uint16 predicted class per point; empty if unknown").tag(sync=True)
+    class_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    color_by = traitlets.Enum(scatter_data.COLOR_BY, default_value="label").tag(sync=True)
+    view = traitlets.Enum(("3d", "2d"), default_value="3d").tag(sync=True)
+    point_size = traitlets.Float(4.0, help="point diameter in CSS pixels").tag(sync=True)
+    width = traitlets.Int(0, help="pixels; 0 fills the notebook's width").tag(sync=True)
+    height = traitlets.Int(520, help="pixels").tag(sync=True)
+    sprite = traitlets.Bytes(help="PNG atlas of thumbnails, row-major").tag(sync=True)
+    sprite_size = traitlets.Int(0, help="side of one thumbnail in the atlas, pixels").tag(sync=True)
+    sprite_columns = traitlets.Int(0).tag(sync=True)
+    selected = traitlets.List(traitlets.Int(), help="indices of the selected points").tag(sync=True)
+
+    def __init__(
+        self,
+        points,
+        labels=None,
+        predictions=None,
+        class_names=None,
+        images=None,
+        color_by: str | None = None,
+        point_size: float | None = None,
+        view: str | None = None,
+        **kwargs,
+    ):
+        buffer, dims = scatter_data.positions(points)
+        count = len(buffer) // 12
+        state = {
+            "points": buffer,
+            "labels": scatter_data.classes(labels, count, "labels"),
+            "predictions": scatter_data.classes(predictions, count, "predictions"),
+            "class_names": [str(name) for name in class_names] if class_names is not None else [],
+            "view": view or ("2d" if dims == 2 else "3d"),
+            "point_size": point_size if point_size is not None else scatter_data.default_point_size(count),
+        }
+        if color_by is None:
+            color_by = "prediction" if labels is None and predictions is not None else "label"
+        state["color_by"] = color_by
+        state.update(self._coloring(color_by, state["labels"], state["predictions"], state["class_names"], count))
+        if images is not None:
+            atlas = build_atlas(images, thumbnail_size=SPRITE_THUMBNAIL_SIZE, max_side=SPRITE_MAX_SIDE)
+            if atlas.count != count:
+                raise ValueError(f"images: {atlas.count} images for {count} points; give one image per point")
+            state.update(sprite=atlas.png(), sprite_size=atlas.thumbnail_size, sprite_columns=atlas.columns)
+        super().__init__(**state, **kwargs)
+
+    @property
+    def count(self) -> int:
+        return len(self.points) // 12
+
+    @staticmethod
+    def _coloring(color_by, labels: bytes, predictions: bytes, class_names, count) -> dict:
+        colors, palette, legend = scatter_data.coloring(
+            color_by, scatter_data.decode_classes(labels), scatter_data.decode_classes(predictions), class_names, count
+        )
+        return {"colors": colors, "palette": palette, "legend": legend}
+
+    @traitlets.validate("selected")
+    def _check_selected(self, proposal):
+        indices = sorted(set(proposal["value"]))
+        if indices and (indices[0] < 0 or indices[-1] >= self.count):
+            raise traitlets.TraitError(f"selected: point indices must lie in 0..{self.count - 1}")
+        return indices
+
+    @traitlets.validate("color_by")
+    def _check_color_by(self, proposal):
+        # Validated here, before the change lands, so an impossible colouring leaves the old one in place.
+        self._recolored = self._coloring(proposal["value"], self.labels, self.predictions, self.class_names, self.count)
+        return proposal["value"]
+
+    @traitlets.observe("color_by")
+    def _recolor(self, change):
+        with self.hold_sync():
+            for name, value in self._recolored.items():
+                setattr(self, name, value)

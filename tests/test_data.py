@@ -1,0 +1,337 @@
+"""evaluate / embed / project on the demo digits CNN, checked against scikit-learn and hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+from sklearn.metrics import confusion_matrix
+from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import cnnviz_widgets as cw
+from cnnviz_widgets import data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_native_thread():
+    """t-SNE's OpenMP threads spin while they wait: on a machine whose cores are all busy (a shared test
+    runner), two of them run ten times slower than one. The results do not depend on the thread count."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y, class_names = cw.demo.digits("test")
+    return x, y, class_names
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cw.demo.digits_model()
+
+
+@pytest.fixture(scope="module")
+def evaluation(model, digits):
+    x, y, _ = digits
+    return cw.evaluate(model, x, y, progress=False)
+
+
+@pytest.fixture(scope="module")
+def embeddings(model, digits):
+    x, _, _ = digits
+    return cw.embed(model, x, progress=False)
+
+
+class LogitsAsPixels(nn.Module):
+    """Returns its input as logits: images (N, 1, 1, K) carry the logits a test wants."""
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+class WithSpareLayer(nn.Module):
+    """Registers a layer its forward never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(1024, 2)
+        self.spare = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+
+def used_model() -> nn.Module:
+    """The digits CNN as a user mid-training leaves it: train mode, half its parameters frozen, grads set."""
+    model = cw.demo.digits_model().train()
+    params = list(model.parameters())
+    for p in params[: len(params) // 2]:
+        p.requires_grad_(False)
+    for p in params[len(params) // 2 :]:
+        p.grad = torch.full_like(p, 0.5)
+    return model
+
+
+def snapshot(model: nn.Module) -> dict:
+    """What a call could change: modes, weights and BatchNorm statistics, grad flags and fields, hooks."""
+    return {
+        "modes": [m.training for m in model.modules()],
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "flags": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["modes"] == before["modes"]
+    assert all(torch.equal(after["tensors"][k], v) for k, v in before["tensors"].items())
+    assert after["flags"] == before["flags"]
+    assert all(a is b for a, b in zip(after["grads"], before["grads"]))
+    assert after["hooks"] == before["hooks"]
+
+
+def five_nn_accuracy(points: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out 5-nearest-neighbour accuracy: do a point's neighbours share its class?"""
+    _, neighbours = NearestNeighbors(n_neighbors=6).fit(points).kneighbors(points)
+    votes = labels[neighbours[:, 1:]]
+    predicted = np.array([np.bincount(row, minlength=labels.max() + 1).argmax() for row in votes])
+    return float((predicted == labels).mean())
+
+
+# evaluate
+
+
+def test_confusion_matches_sklearn(evaluation, digits, model):
+    x, y, _ = digits
+    with torch.no_grad():
+        expected_predictions = model.eval()(x).argmax(1).numpy()
+    np.testing.assert_array_equal(evaluation.predictions, expected_predictions)
+    expected_confusion = confusion_matrix(y.numpy(), expected_predictions, labels=range(10))
+    np.testing.assert_array_equal(evaluation.confusion, expected_confusion)
+    assert evaluation.accuracy >= 0.97
+
+
+def test_probabilities_are_softmax_of_logits(evaluation, digits, model):
+    x, _, _ = digits
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), dim=1).numpy()
+    assert evaluation.probabilities.dtype == np.float32
+    np.testing.assert_allclose(evaluation.probabilities, expected, atol=1e-6)
+
+
+def test_per_class_accuracy_is_recall(evaluation, digits):
+    _, y, _ = digits
+    y = y.numpy()
+    expected = [(evaluation.predictions[y == k] == k).mean() for k in range(10)]
+    np.testing.assert_allclose(evaluation.per_class_accuracy, expected)
+
+
+def test_mistakes_are_exactly_the_misclassified_images(evaluation, digits):
+    _, y, _ = digits
+    wrong = set(np.flatnonzero(evaluation.predictions != y.numpy()).tolist())
+    assert wrong, "the demo model makes no mistake on the test set: the test would prove nothing"
+    mistakes = evaluation.mistakes()
+    assert sorted(mistakes.tolist()) == sorted(wrong)
+    assert len(mistakes) == len(wrong)
+
+
+def test_mistakes_most_confident_first_and_filtered():
+    logits = torch.tensor(
+        [
+            [5.0, 0.0, 0.0],  # true 0, predicted 0: right
+            [0.0, 3.0, 0.0],  # true 0, predicted 1, confident
+            [0.0, 0.5, 0.0],  # true 0, predicted 1, hesitant
+            [0.0, 0.0, 9.0],  # true 1, predicted 2, most confident
+            [1.0, 0.0, 0.0],  # true 2, predicted 0
+        ]
+    )
+    labels = [0, 0, 0, 1, 2]
+    result = cw.evaluate(LogitsAsPixels(), logits[:, None, None, :], labels, progress=False)
+    assert result.mistakes().tolist() == [3, 1, 4, 2]
+    assert result.mistakes(true=0).tolist() == [1, 2]
+    assert result.mistakes(predicted=1).tolist() == [1, 2]
+    assert result.mistakes(true=1, predicted=2).tolist() == [3]
+    assert result.mistakes(true=2, predicted=1).tolist() == []
+    with pytest.raises(ValueError, match="true"):
+        result.mistakes(true=3)
+    with pytest.raises(TypeError, match="predicted"):
+        result.mistakes(predicted="1")
+
+
+def test_tensor_dataset_and_loader_agree(model, digits, evaluation):
+    x, y, _ = digits
+    dataset = TensorDataset(x[:100], y[:100])
+    from_dataset = cw.evaluate(model, dataset, batch_size=32, progress=False)
+    from_loader = cw.evaluate(model, DataLoader(dataset, batch_size=17), progress=False)
+    for result in (from_dataset, from_loader):
+        np.testing.assert_array_equal(result.predictions, evaluation.predictions[:100])
+        np.testing.assert_array_equal(result.labels, y[:100].numpy())
+        np.testing.assert_allclose(result.probabilities, evaluation.probabilities[:100], atol=1e-6)
+
+
+def test_evaluate_and_embed_leave_the_model_as_they_found_it(digits):
+    x, y, _ = digits
+    model = used_model()
+    before = snapshot(model)
+    cw.evaluate(model, x[:40], y[:40], batch_size=16, progress=False)
+    cw.embed(model, x[:40], batch_size=16, progress=False)
+    cw.embed(model, x[:40], layer="features.conv2", progress=False)
+    assert_unchanged(model, before)
+
+
+def test_model_left_unchanged_after_a_failure(digits):
+    x, _, _ = digits
+    model = used_model()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="labels"):
+        cw.evaluate(model, x[:10], list(range(12, 22)), progress=False)
+    with pytest.raises(ValueError, match="layer"):
+        cw.embed(model, x[:10], layer="features.conv9", progress=False)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "images, labels, error, argument",
+    [
+        ("not images", [0], TypeError, "images"),
+        (torch.zeros(3, 8, 8), [0, 0, 0], ValueError, "images"),
+        (torch.zeros(0, 1, 8, 8), [], ValueError, "images"),
+        (torch.zeros(3, 1, 8, 8), [0, 1], ValueError, "labels"),
+        (torch.zeros(3, 1, 8, 8), [0.5, 1.0, 2.0], TypeError, "labels"),
+        (torch.zeros(3, 1, 8, 8), None, ValueError, "labels"),
+    ],
+)
+def test_evaluate_bad_input_names_the_argument(images, labels, error, argument):
+    with pytest.raises(error, match=argument):
+        cw.evaluate(LogitsAsPixels(), images, labels, progress=False)
+
+
+def test_labels_out_of_range():
+    with pytest.raises(ValueError, match=r"labels.*0\.\.63"):
+        cw.evaluate(LogitsAsPixels(), torch.zeros(2, 1, 8, 8), [0, 64], progress=False)
+
+
+def test_evaluate_rejects_bad_batch_size_and_model(digits):
+    x, y, _ = digits
+    with pytest.raises(ValueError, match="batch_size"):
+        cw.evaluate(LogitsAsPixels(), x, y, batch_size=0)
+    with pytest.raises(TypeError, match="model"):
+        cw.evaluate(lambda images: images, x, y)
+
+
+# embed
+
+
+def test_embed_default_is_the_input_of_the_last_linear(model, digits, embeddings):
+    x, _, _ = digits
+    with torch.no_grad():
+        model.eval()
+        expected = model.embedding(model.pool(model.features(x)).flatten(1))
+    assert embeddings.shape == (len(x), 64)
+    assert embeddings.dtype == np.float32
+    np.testing.assert_allclose(embeddings, expected.numpy(), atol=1e-5)
+
+
+def test_embed_conv_layer_pooled_or_flattened(model, digits):
+    x, _, _ = digits
+    with torch.no_grad():
+        model.eval()
+        maps = model.features[:4](x[:20])  # conv1, bn1, relu1, pool1 -> (20, 16, 16, 16)
+    averaged = cw.embed(model, x[:20], layer="features.pool1", batch_size=6, progress=False)
+    flattened = cw.embed(model, x[:20], layer=model.features.pool1, pool="flatten", progress=False)
+    np.testing.assert_allclose(averaged, maps.mean(dim=(2, 3)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(flattened, maps.flatten(1).numpy(), atol=1e-5)
+
+
+def test_embed_stops_after_the_layer():
+    class Exploding(nn.Module):
+        def forward(self, x):
+            raise AssertionError("embed ran the layers after the one it needed")
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), Exploding())
+    features = cw.embed(model, torch.ones(5, 1, 2, 2), layer="1", progress=False)
+    assert features.shape == (5, 3)
+
+
+def test_embed_batches_agree(model, digits, embeddings):
+    x, _, _ = digits
+    np.testing.assert_allclose(cw.embed(model, x, batch_size=7, progress=False), embeddings, atol=1e-5)
+
+
+def test_embed_bad_input(model, digits):
+    x, _, _ = digits
+    with pytest.raises(ValueError, match="pool"):
+        cw.embed(model, x, pool="max")
+    with pytest.raises(ValueError, match="has no nn.Linear"):
+        cw.embed(nn.Sequential(nn.Conv2d(1, 2, 3)), x)
+    with pytest.raises(ValueError, match="was not called"):
+        cw.embed(WithSpareLayer(), x[:2], layer="spare", progress=False)
+
+
+# project
+
+
+def test_pca_equals_sklearn_up_to_sign(embeddings):
+    ours = cw.project(embeddings, "pca", dims=3)
+    reference = PCA(n_components=3).fit_transform(embeddings)
+    assert ours.dtype == np.float32 and ours.shape == (len(embeddings), 3)
+    signs = np.sign((ours * reference).sum(axis=0))
+    np.testing.assert_allclose(ours, reference * signs, atol=1e-3 * np.abs(reference).max())
+
+
+def test_randomised_pca_for_large_inputs_matches_exact(embeddings, monkeypatch):
+    exact = cw.project(embeddings, "pca", dims=2)
+    monkeypatch.setattr(data, "EXACT_PCA_MAX_VALUES", 100)
+    randomised = cw.project(embeddings, "pca", dims=2)
+    signs = np.sign((exact * randomised).sum(axis=0))
+    np.testing.assert_allclose(randomised * signs, exact, atol=1e-2 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_projection_keeps_classes_apart_and_is_reproducible(method, embeddings, digits):
+    _, y, _ = digits
+    points = cw.project(embeddings, method, dims=3, seed=0)
+    assert points.dtype == np.float32 and points.shape == (len(embeddings), 3)
+    assert five_nn_accuracy(points, y.numpy()) >= 0.9
+    np.testing.assert_array_equal(cw.project(embeddings, method, dims=3, seed=0), points)
+
+
+def test_two_dimensional_projection(embeddings):
+    points = cw.project(embeddings[:150], "umap", dims=2, seed=1)
+    assert points.shape == (150, 2) and points.dtype == np.float32
+
+
+def test_project_accepts_tensors_and_tiny_inputs():
+    points = cw.project(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)), "tsne", dims=2)
+    assert points.shape == (5, 2) and np.isfinite(points).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, argument",
+    [
+        ({"method": "lle"}, ValueError, "method"),
+        ({"dims": 4}, ValueError, "dims"),
+        ({"dims": True}, ValueError, "dims"),
+        ({"seed": 1.5}, TypeError, "seed"),
+    ],
+)
+def test_project_bad_arguments(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        cw.project(np.zeros((10, 4)), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "embeddings, argument",
+    [(np.zeros(10), "embeddings"), (np.zeros((2, 4)), "embeddings"), (np.full((5, 4), np.nan), "embeddings"),
+     (np.zeros((10, 2)), "dims")],
+)
+def test_project_bad_embeddings(embeddings, argument):
+    with pytest.raises(ValueError, match=argument):
+        cw.project(embeddings, "pca", dims=3)

@@ -1,0 +1,75 @@
+"""explore(): tabs share one image, class and layer; a point or a gallery picture selects the image everywhere."""
+
+import numpy as np
+import torch
+import torchvision
+
+import cnnviz_widgets as cw
+from panel_support import Snapshot, pixels, settled
+from test_mistakes_panel import confused_digits
+
+
+def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
+    model, pictures, labels, names = confused_digits()
+    snapshot = Snapshot(model)
+    dashboard = cw.explore(model, pictures, labels=labels, class_names=names, preprocess=cw.demo.digits_preprocess)
+    assert list(dashboard.panels) == ["Mistakes", "Projector", "Grad-CAM", "Feature maps", "Filters", "Occlusion", "Guided backprop"]
+    settled(dashboard)
+    dashboard.tabs.selected_index = 1
+    settled(dashboard)
+    projector = dashboard.panels["Projector"]
+    projector.scatter.selected = [17]
+    settled(dashboard)
+    assert all(panel.image == 17 for panel in dashboard.panels.values())
+    dashboard.tabs.selected_index = list(dashboard.panels).index("Grad-CAM")
+    settled(dashboard)
+    grad_cam = dashboard.grad_cam
+    x = cw.demo.digits_preprocess(pictures[17])
+    predicted = int(model(x).argmax())
+    assert grad_cam.target == predicted == dashboard.panels["Occlusion"].target
+    expected = cw.render.overlay(grad_cam.context.view(17), cw.grad_cam(model, x, "features.conv3", predicted), alpha=0.5, cmap="jet")
+    np.testing.assert_array_equal(pixels(grad_cam.left.value), expected)
+    assert "current image <b>17</b>" in dashboard.current.value
+
+    mistakes = dashboard.panels["Mistakes"]
+    dashboard.tabs.selected_index = 0
+    settled(dashboard)
+    mistakes.slots[1].pointer = {"x": 0.5, "y": 0.5, "kind": "press", "serial": 1}
+    settled(dashboard)
+    chosen = int(mistakes._shown[1])
+    assert dashboard.image == chosen and grad_cam.image == chosen and projector.scatter.selected == [chosen]
+
+    dashboard.panels["Feature maps"].layer = "features.conv2"
+    assert grad_cam.layer == "features.conv2" == dashboard.panels["Filters"].layer
+    settled(dashboard)
+    snapshot.assert_unchanged()
+
+
+def test_hidden_tabs_put_long_work_off_until_shown():
+    model, pictures, labels, names = confused_digits()
+    dashboard = cw.explore(model, pictures, labels=labels, class_names=names, preprocess=cw.demo.digits_preprocess)
+    settled(dashboard)
+    occlusion = dashboard.panels["Occlusion"]
+    assert occlusion.scores_view.value == b""
+    dashboard.tabs.selected_index = list(dashboard.panels).index("Occlusion")
+    settled(dashboard)
+    assert pixels(occlusion.scores_view.value).std() > 0
+
+
+def test_works_on_a_torchvision_model_with_its_weights_transforms(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    preprocess = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    photos = {name: picture for name, picture in list(cw.demo.photos().items())[:2]}
+    snapshot = Snapshot(model)
+    dashboard = cw.explore(model, photos, preprocess=preprocess)
+    assert "Mistakes" not in dashboard.panels
+    dashboard.tabs.selected_index = list(dashboard.panels).index("Grad-CAM")
+    settled(dashboard)
+    grad_cam = dashboard.grad_cam
+    assert grad_cam.layer == "layer4.1.conv2"
+    assert grad_cam.error == ""
+    # The overlay is drawn on the 224 px centre crop the transforms hand the model, not on the whole photo.
+    assert pixels(grad_cam.left.value).shape == (224, 224, 3)
+    assert len(grad_cam.class_chooser.options) == 1000
+    snapshot.assert_unchanged()

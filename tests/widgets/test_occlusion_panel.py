@@ -1,0 +1,85 @@
+"""OcclusionPanel: the map equals the method's, a long run can be stopped, the live patch answers at once."""
+
+import threading
+import time
+
+import numpy as np
+import torch
+
+import cnnviz_widgets as cw
+from cnnviz_widgets import render
+from cnnviz_widgets.widgets import drawing
+from panel_support import Snapshot, digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
+
+
+def test_the_map_is_the_methods_scores_for_the_chosen_settings(digits):
+    model, pictures, labels, names = digits
+    snapshot = Snapshot(model)
+    panel = settled(panel_of(cw.OcclusionPanel, digits))
+    panel.window.value = 8
+    panel.stride.value = 4
+    panel.baseline.value = "grey"
+    settled(panel)
+    x = cw.demo.digits_preprocess(pictures[0])
+    grey = cw.demo.digits_preprocess(np.full((32, 32), 128, np.uint8))
+    expected = cw.occlusion(model, x, panel.target, window=8, stride=4, baseline=grey)
+    view = panel.context.view(0)
+    np.testing.assert_array_equal(
+        pixels(panel.scores_view.value), drawing.scores_picture(expected.scores, "viridis", side=max(view.shape[:2]))
+    )
+    importance = render.scale_to_unit(np.clip(expected.attribution.numpy(), 0.0, None))
+    np.testing.assert_array_equal(pixels(panel.attribution_view.value), render.overlay(view, importance, alpha=0.55, cmap="jet"))
+    assert "7×7 places" in panel.scores_label.value
+    snapshot.assert_unchanged()
+
+
+def test_a_long_run_can_be_stopped_and_the_panel_then_answers_a_new_request(digits, monkeypatch):
+    model, pictures, labels, names = digits
+    panel = settled(panel_of(cw.OcclusionPanel, digits))
+    panel.window.value = 8
+    settled(panel)
+    shown_before = panel.scores_view.value
+    batches, release = [], threading.Event()
+    original = cw.widgets.occlusion.forward_occluded
+
+    def slow_forward(*args):
+        batches.append(time.monotonic())
+        release.wait(0.2)
+        return original(*args)
+
+    monkeypatch.setattr(cw.widgets.occlusion, "forward_occluded", slow_forward)
+    panel.stride.value = 1
+    deadline = time.monotonic() + 10
+    while len(batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert panel.task_bar.layout.display == "flex", "the progress bar shows while the map is computed"
+    panel.task_bar.stop.click()
+    assert panel.long_runner.wait(5), "stopping takes effect within a batch"
+    stopped_after = len(batches)
+    assert stopped_after < 25 * 25 // 8, "the run stopped before its end"
+    assert panel.scores_view.value == shown_before
+    assert panel.task_bar.layout.display == "none"
+
+    monkeypatch.setattr(cw.widgets.occlusion, "forward_occluded", original)
+    panel.stride.value = 8
+    settled(panel)
+    assert "4×4 places" in panel.scores_label.value
+    assert panel.error == ""
+
+
+def test_moving_the_patch_updates_the_probabilities_at_once(digits):
+    model, pictures, labels, names = digits
+    panel = settled(panel_of(cw.OcclusionPanel, digits))
+    panel.window.value = 12
+    settled(panel)
+    panel.live_view.pointer = {"x": 0.5, "y": 0.5, "kind": "drag", "serial": 3}
+    settled(panel)
+    x = cw.demo.digits_preprocess(pictures[0])
+    box = drawing.patch_box(0.5, 0.5, 12, 32, 32)
+    occluded = x.clone()
+    occluded[..., box[0] : box[1], box[2] : box[3]] = cw.demo.digits_preprocess(np.zeros((32, 32), np.uint8))[..., box[0] : box[1], box[2] : box[3]]
+    probabilities = torch.softmax(model(occluded).double(), dim=1)[0]
+    top = int(probabilities.argmax())
+    assert f"{names[top]}: {float(probabilities[top]):.1%}" in panel.live_bars.value
+    picture = pixels(panel.live_view.value)
+    assert (picture[box[0] + 3 : box[1] - 3, box[2] + 3 : box[3] - 3] == 0).all(), "the black patch is drawn where it was put"

@@ -1,0 +1,160 @@
+"""Scatter3D's state: what crosses the wire, in which form and at what cost per point."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import traitlets
+from ipywidgets.widgets.widget import _remove_buffers
+from PIL import Image
+
+import cnnviz_widgets as cw
+from cnnviz_widgets.widgets import scatter3d, scatter_data
+
+BYTES_PER_POINT_BUDGET = 24
+# The module's JavaScript travels once per widget, whatever the number of points.
+CODE_TRAITS = ("_esm", "_css")
+
+
+def wire(widget) -> tuple[dict, list[list[str]], list]:
+    """The widget's state split as ipywidgets sends it: JSON part, buffer paths, binary buffers."""
+    return _remove_buffers(widget.get_state())
+
+
+def test_seventy_thousand_points_cross_as_binary_buffers_within_budget():
+    rng = np.random.default_rng(0)
+    count = 70_000
+    widget = cw.Scatter3D(
+        rng.normal(size=(count, 3)),
+        labels=rng.integers(0, 10, count),
+        predictions=rng.integers(0, 10, count),
+        class_names=[f"class {k}" for k in range(10)],
+    )
+    state, paths, buffers = wire(widget)
+    assert {"points", "colors", "labels", "predictions"} <= {path[0] for path in paths}
+    per_point = sum(len(buffer) for buffer in buffers) / count
+    assert per_point <= BYTES_PER_POINT_BUDGET
+    json_part = {key: value for key, value in state.items() if key not in CODE_TRAITS}
+    assert len(json.dumps(json_part)) < 2_000, "per-point data leaked into the JSON part of the state"
+
+
+def test_points_are_float32_centred_in_the_unit_cube():
+    # Centre (2, 1, 5); the widest axis, z, spans 10, so every axis is divided by 5.
+    points = np.array([[0, 0, 0], [4, 2, 0], [2, 1, 10]], dtype=np.float64)
+    widget = cw.Scatter3D(points)
+    sent = np.frombuffer(widget.points, dtype=np.float32).reshape(-1, 3)
+    np.testing.assert_allclose(sent, [[-0.4, -0.2, -1], [0.4, 0.2, -1], [0.0, 0.0, 1]], atol=1e-6)
+    assert widget.view == "3d"
+
+
+def test_two_dimensional_points_open_in_2d_with_z_zero():
+    widget = cw.Scatter3D(torch.tensor([[0.0, 0.0], [2.0, 1.0], [1.0, 2.0]]))
+    sent = np.frombuffer(widget.points, dtype=np.float32).reshape(-1, 3)
+    assert widget.view == "2d"
+    np.testing.assert_array_equal(sent[:, 2], 0)
+    np.testing.assert_allclose(sent[:, :2], [[-1, -1], [1, 0], [0, 1]])
+
+
+def test_colour_by_label_prediction_and_correctness():
+    labels = np.array([0, 1, 2, 2, 1])
+    predictions = np.array([0, 2, 2, 1, 1])
+    widget = cw.Scatter3D(np.zeros((5, 3)), labels=labels, predictions=predictions, class_names=["zero", "one", "two"])
+    assert widget.color_by == "label"
+    assert list(widget.colors) == [0, 1, 2, 2, 1]
+    assert widget.legend == ["zero", "one", "two"]
+    assert len(set(widget.palette)) == 3
+    np.testing.assert_array_equal(np.frombuffer(widget.labels, np.uint16), labels)
+    np.testing.assert_array_equal(np.frombuffer(widget.predictions, np.uint16), predictions)
+
+    widget.color_by = "prediction"
+    assert list(widget.colors) == [0, 2, 2, 1, 1]
+    widget.color_by = "correct"
+    assert list(widget.colors) == [0, 1, 0, 1, 0]
+    assert widget.legend == ["correct", "wrong"]
+
+
+def test_only_present_classes_get_colours_and_legend_entries():
+    widget = cw.Scatter3D(np.zeros((3, 3)), labels=[7, 3, 7], class_names=[f"c{k}" for k in range(10)])
+    assert widget.legend == ["c3", "c7"]
+    assert list(widget.colors) == [1, 0, 1]
+
+
+def test_beyond_255_classes_the_rarest_share_other():
+    labels = np.concatenate([np.arange(300), np.arange(10)])  # classes 0..9 twice, 10..299 once
+    widget = cw.Scatter3D(np.zeros((len(labels), 3)), labels=labels)
+    assert len(widget.palette) == len(widget.legend) == scatter_data.MAX_PALETTE
+    assert widget.legend[-1] == "other"
+    colors = np.frombuffer(widget.colors, np.uint8)
+    assert len(set(colors[labels < 10])) == 10 and scatter_data.MAX_PALETTE - 1 not in set(colors[labels < 10])
+    assert (colors == scatter_data.MAX_PALETTE - 1).sum() == 300 - 255
+
+
+def test_impossible_colouring_is_refused_and_keeps_the_old_one():
+    widget = cw.Scatter3D(np.zeros((2, 3)), labels=[0, 1])
+    before = (widget.colors, widget.palette)
+    with pytest.raises(ValueError, match="color_by"):
+        widget.color_by = "correct"
+    assert widget.color_by == "label" and (widget.colors, widget.palette) == before
+
+
+def test_without_labels_one_colour_no_legend():
+    widget = cw.Scatter3D(np.zeros((4, 3)))
+    assert widget.legend == [] and len(widget.palette) == 1 and widget.colors == bytes(4)
+
+
+def test_predictions_alone_colour_by_prediction():
+    widget = cw.Scatter3D(np.zeros((2, 3)), predictions=[1, 0])
+    assert widget.color_by == "prediction" and list(widget.colors) == [1, 0]
+
+
+def test_selected_is_sorted_unique_and_checked():
+    widget = cw.Scatter3D(np.zeros((10, 3)))
+    seen = []
+    widget.observe(lambda change: seen.append(change["new"]), "selected")
+    widget.selected = [7, 2, 7]
+    assert widget.selected == [2, 7] and seen == [[2, 7]]
+    with pytest.raises(traitlets.TraitError, match="selected"):
+        widget.selected = [10]
+
+
+def test_hover_thumbnails_travel_as_one_png_atlas():
+    x, y, class_names = cw.demo.digits("test")
+    widget = cw.Scatter3D(np.random.default_rng(0).normal(size=(40, 3)), labels=y[:40], images=x[:40],
+                          class_names=class_names)
+    state, paths, buffers = wire(widget)
+    assert ["sprite"] in paths
+    atlas = Image.open(io.BytesIO(widget.sprite))
+    assert atlas.format == "PNG"
+    assert widget.sprite_columns == 7  # ceil(sqrt(40))
+    assert atlas.size == (7 * widget.sprite_size, 6 * widget.sprite_size)
+    tile = atlas.convert("L").crop((widget.sprite_size, 0, 2 * widget.sprite_size, widget.sprite_size))
+    expected = x[1, 0].numpy() * 255
+    observed = np.asarray(tile.resize((32, 32)), dtype=np.float32)
+    assert np.corrcoef(observed.ravel(), expected.ravel())[0, 1] > 0.95
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, argument",
+    [
+        ({"points": np.zeros((4, 4))}, ValueError, "points"),
+        ({"points": np.zeros((0, 3))}, ValueError, "points"),
+        ({"points": np.full((2, 3), np.inf)}, ValueError, "points"),
+        ({"points": np.zeros((2, 3)), "labels": [0, 1, 2]}, ValueError, "labels"),
+        ({"points": np.zeros((2, 3)), "labels": [0.5, 1.0]}, TypeError, "labels"),
+        ({"points": np.zeros((2, 3)), "predictions": [-1, 0]}, ValueError, "predictions"),
+        ({"points": np.zeros((2, 3)), "images": np.zeros((3, 8, 8), np.uint8)}, ValueError, "images"),
+        ({"points": np.zeros((2, 3)), "labels": [0, 1], "color_by": "correct"}, ValueError, "color_by"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        cw.Scatter3D(**kwargs)
+
+
+def test_the_widget_loads_the_built_bundle():
+    assert scatter3d.BUNDLE.is_file() and scatter3d.BUNDLE.stat().st_size > 10_000
+    assert str(cw.Scatter3D._esm) == scatter3d.BUNDLE.read_text()
