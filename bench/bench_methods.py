@@ -2,7 +2,7 @@
 
 Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``). Prints a markdown table:
 for each model at 224 px, the best of several runs of our Grad-CAM, guided backprop and exact occlusion
-next to Captum's (occlusion: its fastest ``perturbations_per_eval``) and pytorch-grad-cam's; then the
+next to Captum's (occlusion: its fastest ``perturbations_per_eval``, picked in a first trial) and pytorch-grad-cam's; then the
 time of 8 filter patterns at 128 px, and the memory (RSS) growth over 300 rounds of
 grad_cam + guided_backprop + feature_maps.
 
@@ -28,7 +28,7 @@ import cnnviz_widgets as cw
 SIZE = 224
 TARGET = 1
 GRADIENT_RUNS = 15
-OCCLUSION_RUNS = 3
+OCCLUSION_RUNS = 4
 OCCLUSION_WINDOW, OCCLUSION_STRIDE = 56, 28
 CAPTUM_PERTURBATIONS = (16, 32, 49)
 MEMORY_ROUNDS = 300
@@ -105,11 +105,18 @@ def occlusion_row(model, x):
                 perturbations_per_eval=perturbations,
             )
 
-    contenders = {"ours": lambda: cw.occlusion(model, x, TARGET, window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE)}
-    for perturbations in CAPTUM_PERTURBATIONS:
-        contenders[perturbations] = lambda perturbations=perturbations: captum_run(perturbations)
-    times = best_times(contenders, OCCLUSION_RUNS)
-    return times.pop("ours"), min(times.values()), None
+    # Pick Captum's fastest setting first, then time it against ours on equal terms: taking the minimum
+    # over every setting's runs would hand Captum more draws at a quiet moment of the machine.
+    trial = best_times({p: lambda p=p: captum_run(p) for p in CAPTUM_PERTURBATIONS}, 1)
+    perturbations = min(trial, key=trial.get)
+    times = best_times(
+        {
+            "ours": lambda: cw.occlusion(model, x, TARGET, window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE),
+            "captum": lambda: captum_run(perturbations),
+        },
+        OCCLUSION_RUNS,
+    )
+    return times["ours"], times["captum"], None
 
 
 def rss_mib() -> float:
@@ -144,7 +151,7 @@ def main():
     x = torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {GRADIENT_RUNS} runs "
           f"(occlusion: {OCCLUSION_RUNS}), input {SIZE} px; occlusion window {OCCLUSION_WINDOW}, "
-          f"stride {OCCLUSION_STRIDE}; Captum occlusion at its best perturbations_per_eval of {CAPTUM_PERTURBATIONS}\n")
+          f"stride {OCCLUSION_STRIDE}; Captum occlusion with the fastest perturbations_per_eval of {CAPTUM_PERTURBATIONS}\n")
     print("| model | method | ours (ms) | Captum (ms) | pytorch-grad-cam (ms) | Captum / ours |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     all_models = models()

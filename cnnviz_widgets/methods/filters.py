@@ -128,7 +128,7 @@ def output_channels(model: nn.Module, name: str, module: nn.Module) -> int:
 def filter_means(activations: Tensor, chosen: Tensor) -> Tensor:
     """Row ``i``'s mean activation of filter ``chosen[i]``: ``(F,)``."""
     rows = torch.arange(len(chosen), device=activations.device)
-    return activations[rows, chosen].flatten(1).mean(dim=1)
+    return activations[rows, chosen].reshape(len(chosen), -1).mean(dim=1)
 
 
 class FourierPicture:

@@ -120,7 +120,8 @@ class ClassChooser(widgets.Dropdown):
 
     def __init__(self, context: ModelContext, description: str = "class", **kwargs):
         self.context = context
-        kwargs.setdefault("layout", widgets.Layout(width="320px"))
+        kwargs.setdefault("layout", widgets.Layout(width="340px"))
+        kwargs.setdefault("style", {"description_width": "initial"})
         super().__init__(description=description, **kwargs)
         self.add_class("cnnviz-class-chooser")
 

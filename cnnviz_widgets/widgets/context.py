@@ -381,12 +381,15 @@ class ModelContext:
         return self._once.get("evaluation", lambda: evaluate(model or self.worker_model, self.inputs(), self.labels, progress=False))
 
     def embeddings(self, layer: str | None, model: nn.Module | None = None, prefix: str = "") -> np.ndarray:
-        """Embeddings of every image at ``layer`` (None: the classifier's input), cached per layer."""
-        key = ("embeddings", layer)
-        if key in self._once:
-            return self._once.get(key, lambda: None)
+        """Embeddings of every image at ``layer`` (None: the classifier's input), cached per layer.
+
+        model: what runs the images (default: the worker copy); prefix: what ``model`` adds in front of the
+        user's layer names, e.g. ``"model."`` for an :class:`~.tasks.Interruptible` wrapper.
+        """
         target_layer = None if layer is None else prefix + layer
-        return self._once.get(key, lambda: embed(model or self.worker_model, self.inputs(), target_layer, progress=False))
+        return self._once.get(
+            ("embeddings", layer), lambda: embed(model or self.worker_model, self.inputs(), target_layer, progress=False)
+        )
 
     def predictions(self, model: nn.Module | None = None) -> np.ndarray:
         """The predicted class of every image (from the evaluation when labels are known)."""
@@ -396,7 +399,7 @@ class ModelContext:
         def compute() -> np.ndarray:
             source = model or self.worker_model
             with probe(source) as capture:
-                logits = [capture.run(batch) for batch in self.inputs().split(64)]
+                logits = [capture.run(batch.to(self.device)) for batch in self.inputs().split(64)]
             return torch.cat(logits).argmax(dim=1).cpu().numpy()
 
         return self._once.get("predictions", compute)

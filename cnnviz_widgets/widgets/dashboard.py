@@ -49,6 +49,9 @@ class Dashboard(widgets.VBox):
         for panel in self.panels.values():
             if "target" in panel.trait_names():
                 traitlets.link((self, "target"), (panel, "target"))
+        # Without labels there are no mistakes, and a projector of a handful of photos says little: start
+        # where a single picture says most.
+        self.tabs.selected_index = 0 if labels is not None else list(self.panels).index("Grad-CAM")
         self.tabs.observe(self._tab_shown, "selected_index")
         self._tab_shown(None)
         self._describe()

@@ -72,8 +72,13 @@ def thumbnail(picture: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
     return render.to_png(np.asarray(small))
 
 
+def percent(probability: float) -> str:
+    """A probability as a percentage that stays informative for tiny values (0.0031% rather than 0.0%)."""
+    return f"{probability:.1%}" if probability >= 0.001 or probability == 0 else f"{probability * 100:.2g}%"
+
+
 def probability_label(name: str, probability: float) -> str:
-    return f"{name} — {probability:.1%}"
+    return f"{name} — {percent(probability)}"
 
 
 def baseline_view(view: np.ndarray, kind: str) -> np.ndarray:
@@ -217,3 +222,13 @@ def points_picture(points: np.ndarray, colour_indices: np.ndarray, palette: list
     for (column, row), colour in zip(pixels, colours[np.clip(colour_indices, 0, len(colours) - 1)]):
         canvas[row - radius : row + radius + 1, column - radius : column + radius + 1] = colour
     return canvas
+
+
+def side_by_side(pictures: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Pictures of one height in a row, white between them (what Save as PNG writes)."""
+    height = max(picture.shape[0] for picture in pictures)
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    row = []
+    for picture in pictures:
+        row += [render.resize(picture, height, round(picture.shape[1] * height / picture.shape[0])), spacer]
+    return np.concatenate(row[:-1], axis=1)

@@ -29,7 +29,7 @@ class FeatureMapPanel(Panel):
         self.scaling = widgets.ToggleButtons(
             options=[("each map its own scale", "per_map"), ("one scale for all", "shared")],
             value="per_map",
-            style={"button_width": "170px"},
+            style={"button_width": "190px"},
         )
         self.cmap = widgets.Dropdown(options=["viridis", "gray", "magma", "jet"], value="viridis", description="colours", layout=widgets.Layout(width="200px"))
         self.page = widgets.IntSlider(value=0, min=0, max=0, description="maps from", layout=widgets.Layout(width="360px"))

@@ -16,16 +16,6 @@ PREFETCH_CLASSES = 10
 PICTURE_LAYOUT = dict(width="280px", height="280px", object_fit="contain")
 
 
-def _side_by_side(pictures: list[np.ndarray], gap: int = 8) -> np.ndarray:
-    """Pictures of one height in a row, white between them (what Save as PNG writes)."""
-    height = max(picture.shape[0] for picture in pictures)
-    spacer = np.full((height, gap, 3), 255, np.uint8)
-    row = []
-    for picture in pictures:
-        row += [render.resize(picture, height, round(picture.shape[1] * height / picture.shape[0])), spacer]
-    return np.concatenate(row[:-1], axis=1)
-
-
 class _ClassPanel(Panel):
     """A panel about one image, one layer and target classes (shared by the heatmap panels)."""
 
@@ -63,7 +53,7 @@ class _ClassPanel(Panel):
         self.class_chooser.rank_for(self.image)
 
     def picture(self) -> bytes:
-        return render.to_png(_side_by_side(self._pictures)) if self._pictures else b""
+        return render.to_png(drawing.side_by_side(self._pictures)) if self._pictures else b""
 
 
 class GradCAMPanel(_ClassPanel):

@@ -76,6 +76,7 @@ class MistakesPanel(Panel):
         choices = [("all", ALL)] + [(name, k) for k, name in enumerate(names)]
         self.true_class.options = choices
         self.predicted_class.options = choices
+        self.true_class.value = self.predicted_class.value = ALL
         self.matrix = ConfusionMatrix(evaluation.confusion, names)
         self.matrix_box.children = [self.matrix]
         self.matrix.observe(self._cell_chosen, "selection")

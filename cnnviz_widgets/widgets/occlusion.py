@@ -10,7 +10,7 @@ from .. import methods, render
 from ..methods.occlusion import forward_occluded, window_boxes
 from . import drawing
 from .base import ClassChooser, ImagePicker, Panel, shows_errors
-from .heatmaps import PICTURE_LAYOUT, _side_by_side
+from .heatmaps import PICTURE_LAYOUT
 from .picture import ClickablePicture
 
 LIVE_TOP_K = 5
@@ -142,7 +142,8 @@ class OcclusionPanel(Panel):
         low, high = float(result.scores.min()), float(result.scores.max())
         self.scores_label.value = (
             f"<span style='font-size:12px'>p({drawing.escape(name)}) with the patch at each of {rows}×{cols} places: "
-            f"from {low:.1%} (dark) to {high:.1%} (yellow); intact picture: {result.probability:.1%}</span>"
+            f"from {drawing.percent(low)} (dark) to {drawing.percent(high)} (yellow); "
+            f"intact picture: {drawing.percent(result.probability)}</span>"
         )
         self.attribution_label.value = (
             "<span style='font-size:12px'>red: hiding these pixels lowers the probability most "
@@ -185,4 +186,4 @@ class OcclusionPanel(Panel):
 
     def picture(self) -> bytes:
         shown = [p for p in (self._scores_picture, self._attribution_picture, self._live_picture) if p is not None]
-        return render.to_png(_side_by_side(shown)) if shown else b""
+        return render.to_png(drawing.side_by_side(shown)) if shown else b""

@@ -30,25 +30,23 @@ class ProjectorPanel(Panel):
             (f"{name}  (mean of {shape[0]} maps)", name) for name, shape in self.context.conv_layers()
         ]
         self.layer_chooser = widgets.Dropdown(options=layers, value=PENULTIMATE, description="layer", layout=widgets.Layout(width="420px"))
-        self.method = widgets.ToggleButtons(options=[("PCA", "pca"), ("t-SNE", "tsne"), ("UMAP", "umap")], value="pca", style={"button_width": "70px"})
-        self.dims = widgets.ToggleButtons(options=[("3D", 3), ("2D", 2)], value=3, style={"button_width": "50px"})
-        colourings = [("true class", "label"), ("prediction", "prediction"), ("right / wrong", "correct")]
-        if self.context.labels is None:
-            colourings = [colourings[1]]
-        self.color_by = widgets.Dropdown(options=colourings, value=colourings[0][1], description="colour by", layout=widgets.Layout(width="260px"))
+        self.method = widgets.ToggleButtons(
+            options=[("PCA", "pca"), ("t-SNE", "tsne"), ("UMAP", "umap")], value="pca", description="projection", style={"button_width": "70px"}
+        )
+        self.dims = widgets.ToggleButtons(
+            options=[("3D", 3), ("2D", 2)], value=3, description="dimensions", style={"button_width": "50px"}
+        )
         self.scatter_box = widgets.Box(layout=widgets.Layout(width="100%", min_height="200px"))
         self.scatter: Scatter3D | None = None
         self.summary = widgets.HTML()
         self._projections = LRUCache(16)
         self._points: np.ndarray | None = None
-        controls = widgets.HBox([self.method, self.dims, self.color_by], layout=widgets.Layout(gap="12px"))
+        controls = widgets.HBox([self.method, self.dims], layout=widgets.Layout(gap="12px"))
         return [self.layer_chooser, controls, self.scatter_box, self.summary]
 
     def _start(self) -> None:
         for control in (self.layer_chooser, self.method, self.dims):
             control.observe(lambda _: self.refresh(), "value")
-        self.color_by.observe(self._recolour, "value")
-        self.observe(self._image_changed, "image")
         self.refresh()
 
     def refresh(self) -> None:
@@ -80,7 +78,6 @@ class ProjectorPanel(Panel):
                 predictions=predictions,
                 class_names=self.context.class_names,
                 images=[np.asarray(picture) for picture in self.context.pictures],
-                color_by=self.color_by.value,
             )
             self.scatter.observe(self._point_chosen, "selected")
             self.scatter_box.children = [self.scatter]
@@ -90,25 +87,16 @@ class ProjectorPanel(Panel):
                 self.scatter.points = buffer
                 self.scatter.dims = given_dims
                 self.scatter.view = "3d" if given_dims == 3 else "2d"
-        self.scatter.selected = [self.image]
         name = "PCA" if method == "pca" else "t-SNE" if method == "tsne" else "UMAP"
         self.summary.value = (
             f"<span style='font-size:12px'>{self.context.count} images, embedded at "
             f"{drawing.escape(layer)}, projected to {dims}D by {name}</span>"
         )
 
-    def _recolour(self, change) -> None:
-        if self.scatter is not None:
-            self.scatter.color_by = change["new"]
-
     def _point_chosen(self, change) -> None:
         chosen = [index for index in change["new"] if index not in change["old"]] or change["new"]
         if chosen:
             self.image = int(chosen[-1])
-
-    def _image_changed(self, change) -> None:
-        if self.scatter is not None and self.scatter.selected != [change["new"]]:
-            self.scatter.selected = [change["new"]]
 
     def picture(self) -> bytes:
         """The projected points seen from the front (first two coordinates), coloured as on screen."""

@@ -88,6 +88,16 @@ class Scatter3D(anywidget.AnyWidget):
     def count(self) -> int:
         return len(self.points) // 12
 
+    def set_points(self, points) -> None:
+        """Move the same points to new positions (another projection), keeping colours, thumbnails and
+        selection; 2-D points switch the view to 2D, 3-D points to 3D."""
+        buffer, dims = scatter_data.positions(points)
+        if len(buffer) != len(self.points):
+            raise ValueError(f"points: {len(buffer) // 12} points given for a scatter of {self.count}")
+        with self.hold_sync():
+            self.points = buffer
+            self.view = "2d" if dims == 2 else "3d"
+
     @staticmethod
     def _coloring(color_by, labels: bytes, predictions: bytes, class_names, count) -> dict:
         colors, palette, legend = scatter_data.coloring(

@@ -85,6 +85,14 @@ def measure_repaints(page, select, picture, indices) -> list[float]:
     return latencies
 
 
+def assert_kernel_soon(notebook, expression: str, expected: str, timeout_s: float = 10.0) -> None:
+    """A click reaches the kernel as a widget message some milliseconds later: poll until it has."""
+    deadline = time.monotonic() + timeout_s
+    while (value := notebook.kernel_eval(expression)) != expected:
+        assert time.monotonic() < deadline, f"{expression} is {value}, expected {expected}"
+        time.sleep(0.2)
+
+
 def record_latency(name: str, latencies: list[float]) -> float:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / "latency.json"
@@ -196,7 +204,7 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
     assert_pictures_not_blank(notebook, panel, "digits-mistakes", ".cnnviz-mistakes-gallery img")
     panel.locator(".cnnviz-mistakes-gallery img").nth(2).click()
     chosen = int(notebook.kernel_eval("int(digits.panels['Mistakes'].shown[2])"))
-    assert notebook.kernel_eval("digits.image") == str(chosen)
+    assert_kernel_soon(notebook, "digits.image", str(chosen))
 
     panel = show_tab(dashboard, "Projector")
     wait_until_drawn(page, panel)
@@ -205,7 +213,7 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
     x, y, hovered = hover_a_point(page, canvas, tooltip)
     page.mouse.click(x, y)
     notebook.screenshot("panel-projector-digits", panel)
-    assert notebook.kernel_eval("digits.panels['Projector'].scatter.selected") == f"[{hovered}]"
+    assert_kernel_soon(notebook, "digits.panels['Projector'].scatter.selected", f"[{hovered}]")
     assert notebook.kernel_eval("digits.image") == str(hovered)
 
     panel = show_tab(dashboard, "Grad-CAM")

@@ -120,3 +120,9 @@ def test_default_patterns_excite_their_filters_more_than_any_photo(efficientnet)
     best_photo = channel_means(efficientnet, layer, photos)[:, filters].max(dim=0).values
     assert (excited > 0).all()
     assert (excited >= 2 * best_photo).all(), (excited, best_photo)
+
+
+def test_patterns_for_units_of_a_linear_layer(digits_model):
+    """Beyond conv filters: the 'filters' of a linear layer are its output units."""
+    patterns = cw.filter_patterns(digits_model, "classifier", [3, 7], size=32, steps=2, normalize=((0.0,), (1.0,)))
+    assert patterns.shape == (2, 1, 32, 32)

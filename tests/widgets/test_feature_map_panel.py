@@ -2,10 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
 import cnnviz_widgets as cw
-from cnnviz_widgets import render
 from cnnviz_widgets.widgets import drawing
 from panel_support import Snapshot, digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
 

@@ -59,6 +59,16 @@ def test_two_dimensional_points_open_in_2d_with_z_zero():
     np.testing.assert_allclose(sent[:, :2], [[-1, -1], [1, 0], [0, 1]])
 
 
+def test_set_points_moves_the_same_points():
+    widget = cw.Scatter3D(np.zeros((3, 3)), labels=[0, 1, 2])
+    widget.selected = [1]
+    widget.set_points(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+    np.testing.assert_allclose(np.frombuffer(widget.points, np.float32).reshape(-1, 3)[:, 0], [-1, 0, 1])
+    assert widget.view == "2d" and widget.selected == [1] and list(widget.colors) == [0, 1, 2]
+    with pytest.raises(ValueError, match="points"):
+        widget.set_points(np.zeros((4, 3)))
+
+
 def test_colour_by_label_prediction_and_correctness():
     labels = np.array([0, 1, 2, 2, 1])
     predictions = np.array([0, 2, 2, 1, 1])
