@@ -171,6 +171,8 @@ class Panel(widgets.VBox):
 
     images: pictures (PIL or uint8 arrays; a list or a ``{name: picture}`` dict) or a tensor ``(N, C, H, W)``.
     preprocess: picture -> model input, e.g. ``weights.transforms()``.
+    active: whether the panel is on screen; the dashboard keeps hidden tabs inactive (see :meth:`set_active`).
+    Errors show in the panel (``error`` holds the message); ``save(path)`` writes the view as PNG.
     """
 
     title = "Panel"
@@ -315,8 +317,11 @@ class Panel(widgets.VBox):
         if path is None:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.context.names[self.image])
             path = f"{self.slug}-{name}.png"
+        picture = self.picture()
+        if not picture:
+            raise ValueError(f"{self.title}: nothing is shown yet, so there is nothing to save")
         path = Path(path)
-        path.write_bytes(self.picture())
+        path.write_bytes(picture)
         return path
 
     def _save_clicked(self) -> None:

@@ -175,7 +175,7 @@ def probability_bars_html(ranked: list[tuple[str, float]], reference: dict[str, 
             change = f" <span style='color:{'#2e7d32' if delta >= 0 else '#c62828'}'>({delta:+.1%})</span>"
         rows.append(
             "<div style='margin:2px 0'>"
-            f"<div style='font-size:12px;white-space:nowrap'>{escape(name)}: {probability:.1%}{change}</div>"
+            f"<div style='font-size:12px;white-space:nowrap'>{escape(name)}: {percent(probability)}{change}</div>"
             "<div style='background:#e0e0e0;width:200px;height:8px'>"
             f"<div style='background:#1976d2;width:{probability * 200:.0f}px;height:8px'></div></div></div>"
         )

@@ -16,7 +16,10 @@ RENDERED_GRIDS = 128
 
 
 class FeatureMapPanel(Panel):
-    """The grid of a conv layer's output maps for one image; click a map to enlarge it."""
+    """The grid of a conv layer's output maps for one image; click a map to enlarge it.
+
+    ``layer`` and ``image`` choose what is shown; ``maps`` holds the layer's output ``(C, h, w)`` on screen.
+    """
 
     title = "Feature maps"
     caption = "how the picture looks after one layer: each tile is what one filter found (bright = strong)"

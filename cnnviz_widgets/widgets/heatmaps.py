@@ -13,6 +13,8 @@ from .context import LRUCache
 
 # Grad-CAMs of this many most probable classes are computed ahead, so switching among them is instant.
 PREFETCH_CLASSES = 10
+# Rendered overlays kept (a 224 px one is about 250 KB with its PNG): every top class at a few settings.
+RENDERED_VIEWS = 128
 PICTURE_LAYOUT = dict(width="280px", height="280px", object_fit="contain")
 
 
@@ -26,7 +28,7 @@ class _ClassPanel(Panel):
         self.picker = ImagePicker(self.context)
         self.layer_chooser = LayerChooser(self.context)
         self.class_chooser = ClassChooser(self.context, description="class")
-        self._rendered = LRUCache(512)
+        self._rendered = LRUCache(RENDERED_VIEWS)
         self._pictures: list[np.ndarray] = []
 
     def _link_common(self) -> None:

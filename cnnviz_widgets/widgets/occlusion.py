@@ -19,7 +19,10 @@ OCCLUSION_BATCH = 8
 
 
 class OcclusionPanel(Panel):
-    """The occlusion sensitivity map of one class, its attribution overlay, and a patch to move by hand."""
+    """The occlusion sensitivity map of one class, its attribution overlay, and a patch to move by hand.
+
+    ``result`` holds the :class:`~cnnviz_widgets.methods.occlusion.OcclusionResult` on screen.
+    """
 
     title = "Occlusion"
     caption = (

@@ -8,6 +8,7 @@ digits with their labels. Latencies are measured in the page, from the control's
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -103,8 +104,15 @@ def record_latency(name: str, latencies: list[float]) -> float:
     return median
 
 
-def test_photo_dashboard_every_panel_drawn_fast_repaints_and_a_long_occlusion_stops(open_notebook):
-    notebook = open_notebook(TOUR, viewport=(1500, 1100))
+def tour_copy(tmp_path, name: str) -> Path:
+    """The tour under another name: JupyterLab gives each notebook path its own kernel, so tests do not share one."""
+    copy = tmp_path / f"{name}.ipynb"
+    shutil.copy(TOUR, copy)
+    return copy
+
+
+def test_photo_dashboard_every_panel_drawn_fast_repaints_and_a_long_occlusion_stops(open_notebook, tmp_path):
+    notebook = open_notebook(tour_copy(tmp_path, "tour_photos"), viewport=(1500, 1100))
     page = notebook.page
     dismiss_notifications(page)
     assert notebook.errors_shown() == []
@@ -188,8 +196,8 @@ def test_photo_dashboard_every_panel_drawn_fast_repaints_and_a_long_occlusion_st
     assert max(uncached, recoloured) < 10 * LATENCY_TARGET_MS, "an uncached repaint takes more than a second"
 
 
-def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_image(open_notebook):
-    notebook = open_notebook(TOUR, viewport=(1500, 1100))
+def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_image(open_notebook, tmp_path):
+    notebook = open_notebook(tour_copy(tmp_path, "tour_digits"), viewport=(1500, 1100))
     page = notebook.page
     dismiss_notifications(page)
     assert notebook.errors_shown() == []

@@ -124,5 +124,9 @@ def test_default_patterns_excite_their_filters_more_than_any_photo(efficientnet)
 
 def test_patterns_for_units_of_a_linear_layer(digits_model):
     """Beyond conv filters: the 'filters' of a linear layer are its output units."""
-    patterns = cw.filter_patterns(digits_model, "classifier", [3, 7], size=32, steps=2, normalize=((0.0,), (1.0,)))
+    patterns = cw.filter_patterns(digits_model, "classifier", [3, 7], size=32, steps=20, normalize=((0.0,), (1.0,)))
     assert patterns.shape == (2, 1, 32, 32)
+    with torch.no_grad():
+        grey = digits_model(torch.full((1, 1, 32, 32), 0.5))[0]
+        logits = digits_model(patterns)
+    assert logits[0, 3] > grey[3] + 1 and logits[1, 7] > grey[7] + 1

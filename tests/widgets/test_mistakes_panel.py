@@ -49,3 +49,5 @@ def test_without_labels_the_panel_says_what_it_needs():
     model, pictures, labels, names = confused_digits()
     panel = cw.MistakesPanel(model, pictures, cw.demo.digits_preprocess, names)
     assert "labels" in panel.error and "pass labels=" in panel.error
+    panel.save_button.click()
+    assert "nothing is shown yet, so there is nothing to save" in panel.error

@@ -50,3 +50,4 @@ def test_tsne_runs_off_the_main_thread_and_can_be_superseded(digits):
     expected = cw.project(cw.embed(model, inputs_of(pictures), progress=False), "pca", dims=3)
     assert panel.scatter.points == scatter_data.positions(expected)[0]
     assert "PCA" in panel.summary.value
+
