@@ -185,7 +185,10 @@ def check_normalize(normalize, channels: int) -> tuple[Tensor, Tensor]:
         raise TypeError(f"normalize: expected a (mean, std) pair, got {normalize!r}")
     pair = []
     for name, values in zip(("mean", "std"), normalize):
-        vector = torch.as_tensor(values, dtype=torch.float32).flatten()
+        try:
+            vector = torch.as_tensor(values, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"normalize: {name} must be a number or a sequence of numbers, got {values!r}") from None
         if vector.numel() == 1:
             vector = vector.expand(channels)
         if vector.numel() != channels:

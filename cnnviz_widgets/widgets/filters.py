@@ -25,10 +25,7 @@ class FiltersPanel(Panel):
     """The weights of chosen filters as tiles, and, on demand, the picture each filter likes best."""
 
     title = "Filters"
-    caption = (
-        "what a filter has learned: its weights (blue negative, red positive) and, on demand, the picture that "
-        "excites it most, grown step by step from grey noise"
-    )
+    caption = "what a filter has learned: its weights (blue negative, red positive) and the picture that excites it most"
     layer = traitlets.Unicode()
 
     def _build(self):

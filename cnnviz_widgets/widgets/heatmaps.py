@@ -143,7 +143,7 @@ class GuidedBackpropPanel(_ClassPanel):
     """The picture, its guided backpropagation and its guided Grad-CAM for one class."""
 
     title = "Guided backprop"
-    caption = "the pixels that raise the class score, in fine detail (guided backprop), and only where Grad-CAM looks (guided Grad-CAM)"
+    caption = "the fine details that raise the class score (guided backprop), kept where Grad-CAM looks (guided Grad-CAM)"
 
     def _build(self):
         self._common_controls()

@@ -25,10 +25,7 @@ class OcclusionPanel(Panel):
     """
 
     title = "Occlusion"
-    caption = (
-        "a patch hides part of the picture: where hiding it makes the class less likely, that part mattered "
-        "(left: probability with the patch at each place; middle: what each pixel is worth; right: move the patch yourself)"
-    )
+    caption = "a patch hides part of the picture: where hiding it makes the class less likely, that part mattered"
     target = traitlets.Int(0, help="the class whose probability is watched")
 
     def _build(self):

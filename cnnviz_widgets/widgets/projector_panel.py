@@ -20,10 +20,7 @@ class ProjectorPanel(Panel):
     """Embeddings of every image at a layer, projected by PCA, t-SNE or UMAP; a click on a point selects its image."""
 
     title = "Projector"
-    caption = (
-        "each point is an image, placed by how the model sees it: images the model finds alike sit close together "
-        "(drag to turn, scroll to zoom, hover to see the image, click to select it)"
-    )
+    caption = "each point is an image, placed by how the model sees it (drag to turn, hover to see, click to select)"
 
     def _build(self):
         layers = [(f"{PENULTIMATE}", PENULTIMATE)] + [

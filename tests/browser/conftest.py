@@ -161,7 +161,11 @@ class NotebookPage:
 
     def errors_shown(self) -> list[str]:
         """Texts of tracebacks in outputs and of widgets that failed to display."""
-        failed = self.page.get_by_text("Error displaying widget").all_inner_texts()
+        # A widget view that failed to render leaves one of these placeholders instead of the widget.
+        failed = [
+            *self.page.get_by_text("Error displaying widget").all_inner_texts(),
+            *self.page.get_by_text("Click to show javascript error").all_inner_texts(),
+        ]
         stderr = self.page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = [text for text in stderr.all_inner_texts() if "Error" in text or "Traceback" in text]
         return failed + tracebacks

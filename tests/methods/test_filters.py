@@ -94,6 +94,7 @@ def test_bad_filters(resnet18, filters, error, message):
         (dict(normalize=((0.5,), (0.0,))), ValueError, "normalize: std must be positive"),
         (dict(normalize=((0.5, 0.5), (0.5, 0.5))), ValueError, "normalize: mean has 2 values for a model reading 3"),
         (dict(normalize=0.5), TypeError, r"normalize: expected a \(mean, std\) pair"),
+        (dict(normalize=("grey", 0.5)), TypeError, "normalize: mean must be a number or a sequence of numbers"),
     ],
 )
 def test_bad_pattern_arguments(resnet18, arguments, error, message):
