@@ -1,7 +1,8 @@
 """Explanation methods side by side with the reference libraries, in one process.
 
 Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``). Prints a markdown table:
-for each model at 224 px, the best of several runs of our Grad-CAM, guided backprop and exact occlusion
+for each model at 224 px, the best of several runs of our Grad-CAM (the raw map, as Captum's),
+guided backprop and exact occlusion
 next to Captum's (occlusion: its fastest ``perturbations_per_eval``, picked in a first trial) and pytorch-grad-cam's; then the
 time of 8 filter patterns at 128 px, and the memory (RSS) growth over 300 rounds of
 grad_cam + guided_backprop + feature_maps.
@@ -39,16 +40,18 @@ PATTERN_FILTERS, PATTERN_SIZE = 8, 128
 def best_times(functions: dict, runs: int) -> dict:
     """Seconds of the fastest of ``runs`` calls of each function, after one warm-up call each.
 
-    The calls take turns (one of each, then again), so a burst of load from other processes on the
-    machine hits every contender alike.
+    The calls take turns, in an order that rotates every round, so that a burst of load from other
+    processes, or the thread pool a contender leaves spinning, hits every contender alike.
     """
     times = {name: [] for name in functions}
     for function in functions.values():
         function()
-    for _ in range(runs):
-        for name, function in functions.items():
+    names = list(functions)
+    for round_index in range(runs):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            function()
+            functions[name]()
             times[name].append(time.perf_counter() - start)
     return {name: min(values) for name, values in times.items()}
 
@@ -72,7 +75,7 @@ def grad_cam_row(model, layer, x):
     with GradCAM(model=twin, target_layers=[dict(twin.named_modules())[layer]]) as cam:
         times = best_times(
             {
-                "ours": lambda: cw.grad_cam(model, x, layer, TARGET),
+                "ours": lambda: cw.grad_cam(model, x, layer, TARGET, raw=True),
                 "captum": lambda: captum.attribute(x.unsqueeze(0), target=TARGET, relu_attributions=True),
                 "pytorch-grad-cam": lambda: cam(input_tensor=x.unsqueeze(0), targets=[ClassifierOutputTarget(TARGET)]),
             },

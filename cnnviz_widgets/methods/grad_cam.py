@@ -77,7 +77,7 @@ def activations_and_gradients(
 def upsample_to(cam: Tensor, size) -> Tensor:
     """Bilinear resize of an ``(h, w)`` map to ``size`` (align_corners=False), min-max scaled to [0, 1]."""
     resized = F.interpolate(cam[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
-    low, high = resized.min(), resized.max()
+    low, high = torch.aminmax(resized)
     if high <= low:
         return torch.zeros_like(resized)
     return (resized - low) / (high - low)
