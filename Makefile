@@ -5,8 +5,9 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 NODE_MODULES := js/node_modules/.package-lock.json
+# esbuild writes every bundle in one run; the first stands for them all.
 BUNDLE := cnnviz_widgets/static/scatter3d.js
-JS_SOURCES := $(wildcard js/src/*.js)
+JS_SOURCES := $(wildcard js/src/*.js js/src/*.css)
 
 .PHONY: setup demo test bench
 
