@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,16 @@ NOTEBOOK = Path(__file__).parent / "notebooks" / "scatter3d.ipynb"
 MIN_SPREAD = 10.0
 MIN_POINT_PIXELS = 2_000
 SATURATED = 80  # max - min channel: a palette colour, not the white background or the grey box
+KERNEL_WAIT_S = 15
+
+
+def kernel_soon(notebook, code: str, expected: str) -> None:
+    """Wait until ``code`` prints ``expected`` in the kernel: the widget manager holds back an update while
+    an earlier one is still being processed, so a change made in the page reaches Python a moment later."""
+    deadline = time.monotonic() + KERNEL_WAIT_S
+    while (seen := notebook.kernel_eval(code).strip()) != expected:
+        assert time.monotonic() < deadline, f"{code} gives {seen!r}, expected {expected!r}"
+        time.sleep(0.25)
 
 
 def canvas_pixels(canvas) -> np.ndarray:
@@ -86,7 +97,7 @@ def test_scatter_is_drawn_hovers_and_selects(open_notebook):
     page.wait_for_function(
         "() => document.querySelector('.cnnviz-scatter3d-status').textContent.includes('1 selected')", timeout=10_000
     )
-    assert notebook.kernel_eval("print(scatter.selected, selections[-1])").split() == [f"[{hovered}]"] * 2
+    kernel_soon(notebook, "print(scatter.selected, selections[-1])", f"[{hovered}] [{hovered}]")
     notebook.screenshot("scatter3d-selected", widget)
 
     widget.locator("select.cnnviz-scatter3d-select").select_option("correct")
@@ -94,13 +105,12 @@ def test_scatter_is_drawn_hovers_and_selects(open_notebook):
         "() => document.querySelector('.cnnviz-scatter3d-legend').innerText.includes('wrong')", timeout=10_000
     )
     assert legend.inner_text().split() == ["correct", "wrong"]
-    assert "correct" in notebook.kernel_eval("scatter.color_by")
+    kernel_soon(notebook, "print(scatter.color_by)", "correct")
     notebook.screenshot("scatter3d-correct-wrong", widget)
     widget.locator("select.cnnviz-scatter3d-select").select_option("label")
 
     widget.get_by_role("button", name="2D").click()
-    page.wait_for_timeout(500)
-    assert "2d" in notebook.kernel_eval("scatter.view")
+    kernel_soon(notebook, "print(scatter.view)", "2d")
     assert pixel_spread(notebook.screenshot("scatter3d-2d", widget)) > MIN_SPREAD
     x, y, second = hover_a_point(page, canvas, tooltip)
     page.keyboard.down("Shift")
@@ -111,12 +121,10 @@ def test_scatter_is_drawn_hovers_and_selects(open_notebook):
         f"() => document.querySelector('.cnnviz-scatter3d-status').textContent.includes('{len(expected)} selected')",
         timeout=10_000,
     )
-    assert notebook.kernel_eval("scatter.selected").strip() == str(expected)
+    kernel_soon(notebook, "print(scatter.selected)", str(expected))
 
     widget.locator(".cnnviz-scatter3d-legend-item", has_text="7").click()
-    page.wait_for_timeout(500)
-    sevens = notebook.kernel_eval("print(scatter.selected == [int(i) for i in (y == 7).nonzero()])")
-    assert sevens.strip() == "True"
+    kernel_soon(notebook, "print(scatter.selected == [int(i) for i in (y == 7).nonzero()])", "True")
 
     widget.get_by_role("button", name="Lasso").click()
     box = canvas.bounding_box()
@@ -127,9 +135,11 @@ def test_scatter_is_drawn_hovers_and_selects(open_notebook):
         page.mouse.move(centre_x + dx, centre_y + dy, steps=8)
     notebook.screenshot("scatter3d-lasso", widget)
     page.mouse.up()
-    page.wait_for_timeout(500)
-    lassoed = int(notebook.kernel_eval("len(scatter.selected)"))
+    status = widget.locator(".cnnviz-scatter3d-status")
+    page.wait_for_function("(node) => !node.textContent.includes(' 45 selected')", arg=status.element_handle())
+    lassoed = int(re.search(r"([\d,]+) selected", status.inner_text()).group(1).replace(",", ""))
     assert 0 < lassoed < 450
+    kernel_soon(notebook, "print(len(scatter.selected))", str(lassoed))
     notebook.screenshot("scatter3d-lassoed", widget)
 
 
@@ -143,8 +153,7 @@ def test_confusion_cell_click_reaches_python(open_notebook):
     assert cells.count() == 100
     notebook.screenshot("confusion", figure)
     cells.nth(3 * 10 + 5).click()  # row 3 (true 3), column 5 (predicted 5)
-    page.wait_for_timeout(1_000)
-    assert notebook.kernel_eval("matrix.selection").strip() == "(3, 5)"
+    kernel_soon(notebook, "print(matrix.selection)", "(3, 5)")
     notebook.screenshot("confusion-clicked", figure)
     bars = page.locator(".bqplot").nth(1)
     bars.scroll_into_view_if_needed()
