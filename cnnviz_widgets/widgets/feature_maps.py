@@ -52,7 +52,7 @@ class FeatureMapPanel(Panel):
             control.observe(lambda _: self.refresh(), "value")
         views = widgets.HBox(
             [widgets.VBox([self.grid, self.grid_label]), widgets.VBox([self.zoomed, self.zoom_label])],
-            layout=widgets.Layout(align_items="flex-start", gap="16px"),
+            layout=widgets.Layout(align_items="flex-start", grid_gap="16px"),
         )
         return [self.picker, widgets.HBox([self.layer_chooser, self.cmap]), widgets.HBox([self.scaling, self.page]), views]
 

@@ -60,14 +60,14 @@ class FiltersPanel(Panel):
         self.first.observe(lambda _: self.refresh(), "value")
         self.count.observe(lambda _: self.refresh(), "value")
         self.find.on_click(lambda _: self.find_patterns())
-        self.observe(self._layer_changed, "layer")
-        self._layer_changed(None)
+        self.observe(self._on_layer, "layer")
+        self._on_layer(None)
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal):
         return self.check_layer(proposal["value"])
 
-    def _layer_changed(self, change) -> None:
+    def _on_layer(self, change) -> None:
         filters = dict(self.context.conv_layers())[self.layer][0]
         with self.hold_trait_notifications():
             self.first.max = max(0, filters - 1)

@@ -80,7 +80,7 @@ class GradCAMPanel(_ClassPanel):
             control.observe(lambda _: self.refresh(), "value")
         views = widgets.HBox(
             [widgets.VBox([self.left, self.left_label]), widgets.VBox([self.right, self.right_label])],
-            layout=widgets.Layout(gap="16px"),
+            layout=widgets.Layout(grid_gap="16px"),
         )
         return [
             self.picker,
@@ -95,12 +95,12 @@ class GradCAMPanel(_ClassPanel):
         self.second_chooser.rank_for(self.image, rank=1)
         self.second_target = self.second_chooser.value
         widgets.link((self.second_chooser, "value"), (self, "second_target"))
-        self.observe(self._image_changed, "image")
+        self.observe(self._on_image, "image")
         self.observe(lambda _: self.refresh(), ["layer", "target", "second_target"])
         self.refresh()
 
     @shows_errors
-    def _image_changed(self, change) -> None:
+    def _on_image(self, change) -> None:
         with self.hold_trait_notifications():
             self._rerank()
             self.second_chooser.rank_for(self.image, rank=1)
@@ -156,18 +156,18 @@ class GuidedBackpropPanel(_ClassPanel):
         self.guided_cam.add_class("cnnviz-guided-grad-cam")
         views = widgets.HBox(
             [widgets.VBox([view, label]) for view, label in zip((self.original, self.guided, self.guided_cam), labels)],
-            layout=widgets.Layout(gap="12px"),
+            layout=widgets.Layout(grid_gap="12px"),
         )
         return [self.picker, self.layer_chooser, self.class_chooser, views, self.class_label]
 
     def _start(self) -> None:
         self._link_common()
-        self.observe(self._image_changed, "image")
+        self.observe(self._on_image, "image")
         self.observe(lambda _: self.refresh(), ["layer", "target"])
         self.refresh()
 
     @shows_errors
-    def _image_changed(self, change) -> None:
+    def _on_image(self, change) -> None:
         with self.hold_trait_notifications():
             self._rerank()
         self.refresh()

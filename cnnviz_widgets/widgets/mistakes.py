@@ -54,7 +54,7 @@ class MistakesPanel(Panel):
         filters = widgets.HBox([self.true_class, self.predicted_class])
         paging = widgets.HBox([self.previous, self.next, self.summary], layout=widgets.Layout(align_items="center"))
         gallery = widgets.VBox([filters, self.order, paging, self.gallery])
-        return [widgets.HBox([self.matrix_box, gallery], layout=widgets.Layout(gap="16px", align_items="flex-start"))]
+        return [widgets.HBox([self.matrix_box, gallery], layout=widgets.Layout(grid_gap="16px", align_items="flex-start"))]
 
     def _start(self) -> None:
         self.previous.on_click(lambda _: self._turn(-1))

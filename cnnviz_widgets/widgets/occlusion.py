@@ -62,7 +62,7 @@ class OcclusionPanel(Panel):
                     layout=widgets.Layout(min_width="290px"),
                 ),
             ],
-            layout=widgets.Layout(gap="12px", align_items="flex-start"),
+            layout=widgets.Layout(grid_gap="12px", align_items="flex-start"),
         )
         return [self.picker, self.class_chooser, widgets.HBox([self.window, self.stride, self.baseline]), views]
 
@@ -72,7 +72,7 @@ class OcclusionPanel(Panel):
         widgets.link((self.picker, "index"), (self, "image"))
         widgets.link((self.class_chooser, "value"), (self, "target"))
         widgets.dlink((self.window, "value"), (self.stride, "max"))
-        self.observe(self._image_changed, "image")
+        self.observe(self._on_image, "image")
         self.observe(lambda _: self.refresh(), "target")
         for control in (self.window, self.stride, self.baseline):
             control.observe(lambda _: self.refresh(), "value")
@@ -86,7 +86,7 @@ class OcclusionPanel(Panel):
         return target
 
     @shows_errors
-    def _image_changed(self, change) -> None:
+    def _on_image(self, change) -> None:
         self._patch = None
         with self.hold_trait_notifications():
             self.class_chooser.rank_for(self.image)

@@ -38,7 +38,7 @@ class ProjectorPanel(Panel):
         self.summary = widgets.HTML()
         self._projections = LRUCache(16)
         self._points: np.ndarray | None = None
-        controls = widgets.HBox([self.method, self.dims], layout=widgets.Layout(gap="12px"))
+        controls = widgets.HBox([self.method, self.dims], layout=widgets.Layout(grid_gap="12px"))
         return [self.layer_chooser, controls, self.scatter_box, self.summary]
 
     def _start(self) -> None:
