@@ -29,8 +29,9 @@ Box = tuple[int, int, int, int]
 
 OccludedForward = Callable[[nn.Module, Tensor, Tensor, Sequence[Box]], Tensor]
 
-DEFAULT_BATCH_SIZE = 32
-"""Occluded images per forward pass: past ~32 images of 224 px a CPU gains nothing and memory keeps growing."""
+DEFAULT_BATCH_SIZE = 64
+"""Occluded images per forward pass: the article's 7 x 7 grid of patches (window 56, stride 28 at 224 px)
+fits in one pass, as in Captum's fastest setting, while memory stays bounded for finer grids."""
 
 
 @dataclass(frozen=True)

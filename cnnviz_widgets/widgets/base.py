@@ -341,6 +341,12 @@ class Panel(widgets.VBox):
     def _check_image(self, proposal):
         return self.context.check_index(proposal["value"])
 
+    def check_target(self, target: int) -> int:
+        """A class index of the model; anything else raises a TraitError giving the valid range."""
+        if not 0 <= target < self.context.num_classes:
+            raise traitlets.TraitError(f"target: class {target} out of range 0..{self.context.num_classes - 1}")
+        return target
+
     def check_layer(self, layer) -> str:
         """A conv layer's dotted name; anything else raises a TraitError naming the closest layers."""
         try:

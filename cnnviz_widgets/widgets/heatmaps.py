@@ -45,10 +45,7 @@ class _ClassPanel(Panel):
 
     @traitlets.validate("target")
     def _check_target(self, proposal):
-        target = proposal["value"]
-        if not 0 <= target < self.context.num_classes:
-            raise traitlets.TraitError(f"target: class {target} out of range 0..{self.context.num_classes - 1}")
-        return target
+        return self.check_target(proposal["value"])
 
     def _rerank(self) -> None:
         """New image: classes reordered by its probabilities, its most probable class selected."""

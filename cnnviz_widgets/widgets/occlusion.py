@@ -80,10 +80,7 @@ class OcclusionPanel(Panel):
 
     @traitlets.validate("target")
     def _check_target(self, proposal):
-        target = proposal["value"]
-        if not 0 <= target < self.context.num_classes:
-            raise traitlets.TraitError(f"target: class {target} out of range 0..{self.context.num_classes - 1}")
-        return target
+        return self.check_target(proposal["value"])
 
     @shows_errors
     def _on_image(self, change) -> None:
