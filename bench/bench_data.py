@@ -1,10 +1,12 @@
 """Projections and the 3D scatter at MNIST scale: 70,000 points.
 
-Run with ``make bench``, or ``.venv/bin/python bench/bench_data.py [--points N] [--methods pca,umap,tsne]``.
+Run with ``make bench``, or
+``.venv/bin/python bench/bench_data.py [--points N] [--methods pca,umap,tsne] [--dims 3]``.
 The points are real embeddings: scikit-learn's 1797 digit scans, each drawn many times with a random small
 shift and rotation, through the demo digits CNN (64-d penultimate features). Prints markdown tables: the
-wall-clock time of embed, evaluate and each projection (3-D, seed 0; UMAP runs twice, as the first call of a
-process also compiles numba code; t-SNE is scikit-learn's Barnes-Hut), then what Scatter3D sends per point.
+wall-clock time of embed, evaluate and each projection (3-D unless --dims 2, seed 0; UMAP runs twice, as the
+first call of a process also compiles numba code; t-SNE is openTSNE's, FFT-interpolated in 2-D and
+Barnes-Hut in 3-D), then what Scatter3D sends per point.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=70_000)
     parser.add_argument("--methods", default="pca,umap,tsne", help="comma-separated projections to time")
+    parser.add_argument("--dims", type=int, default=3, choices=(2, 3), help="dimensions of the projections")
     arguments = parser.parse_args()
     count = arguments.points
 
@@ -79,7 +82,7 @@ def main() -> None:
     if "umap" in methods:
         runs.insert(methods.index("umap") + 1, ("project: UMAP (second call, numba code compiled)", "umap"))
     for label, method in runs:
-        projections[method], seconds = timed(lambda: cw.project(embeddings, method, dims=3, seed=0))
+        projections[method], seconds = timed(lambda: cw.project(embeddings, method, dims=arguments.dims, seed=0))
         rows.append((label, seconds))
 
     print("| step | seconds |\n| --- | ---: |")

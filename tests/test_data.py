@@ -18,8 +18,8 @@ from cnnviz_widgets import data
 
 @pytest.fixture(scope="module", autouse=True)
 def one_native_thread():
-    """t-SNE's OpenMP threads spin while they wait: on a machine whose cores are all busy (a shared test
-    runner), two of them run ten times slower than one. The results do not depend on the thread count."""
+    """Native thread pools (BLAS, numba, OpenMP) spin while they wait: on a machine whose cores are all busy
+    (a shared test runner), two threads run several times slower than one. Results do not depend on it."""
     with threadpool_limits(1):
         yield
 

@@ -6,7 +6,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from .. import render
-from ..data import project
+from ..projection_process import ProjectionProcess
 from . import drawing, scatter_data
 from .base import Panel
 from .context import LRUCache
@@ -37,6 +37,7 @@ class ProjectorPanel(Panel):
         self.scatter: Scatter3D | None = None
         self.summary = widgets.HTML()
         self._projections = LRUCache(16)
+        self._projector = ProjectionProcess()
         self._points: np.ndarray | None = None
         controls = widgets.HBox([self.method, self.dims], layout=widgets.Layout(grid_gap="12px"))
         return [self.layer_chooser, controls, self.scatter_box, self.summary]
@@ -60,7 +61,8 @@ class ProjectorPanel(Panel):
                 embeddings = self.context.embeddings(None if layer == PENULTIMATE else layer, model, prefix="model.")
                 predictions = self.context.predictions(model)
             task.checkpoint()
-            return key, project(embeddings, method=method, dims=dims), predictions
+            points = self._projector.project(embeddings, method=method, dims=dims, checkpoint=task.checkpoint)
+            return key, points, predictions
 
         return self._projections.get(key, compute)
 
@@ -94,6 +96,11 @@ class ProjectorPanel(Panel):
         chosen = [index for index in change["new"] if index not in change["old"]] or change["new"]
         if chosen:
             self.image = int(chosen[-1])
+
+    def close(self) -> None:
+        """Close the widget and end the process that fits t-SNE and UMAP."""
+        self._projector.close()
+        super().close()
 
     def picture(self) -> bytes:
         """The projected points seen from the front (first two coordinates), coloured as on screen."""

@@ -1,10 +1,17 @@
 """ProjectorPanel: the points are the projected embeddings; selecting a point selects its image."""
 
+import time
+
 import torch
 
 import cnnviz_widgets as cw
 from cnnviz_widgets.widgets import scatter_data
 from panel_support import Snapshot, digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
+
+# Enough points that a t-SNE fit takes several times longer than the stop budget below.
+STOPPABLE_POINTS = 3000
+FIT_RUNS_SECONDS = 3.0
+STOP_BUDGET_SECONDS = 2.0
 
 
 def inputs_of(pictures):
@@ -51,3 +58,30 @@ def test_tsne_runs_off_the_main_thread_and_can_be_superseded(digits):
     assert panel.scatter.points == scatter_data.positions(expected)[0]
     assert "PCA" in panel.summary.value
 
+
+
+def test_stop_ends_a_running_tsne_at_once_and_the_panel_answers_the_next_request(digits):
+    model = digits[0]
+    x, y, names = cw.demo.digits("train")
+    generator = torch.Generator().manual_seed(0)
+    pick = torch.randint(len(x), (STOPPABLE_POINTS,), generator=generator)
+    images = (x[pick] + 0.05 * torch.randn(STOPPABLE_POINTS, *x.shape[1:], generator=generator)).clamp(0, 1)
+    panel = settled(cw.ProjectorPanel(model, images, class_names=names, labels=y[pick]))
+
+    panel.method.value = "tsne"
+    time.sleep(FIT_RUNS_SECONDS)
+    assert panel.long_runner.busy and panel._projector.running, "the t-SNE should still be fitting"
+    stop_pressed = time.perf_counter()
+    panel.stop()
+    assert panel.long_runner.wait(STOP_BUDGET_SECONDS), "the t-SNE kept running after Stop"
+    assert time.perf_counter() - stop_pressed < STOP_BUDGET_SECONDS
+    assert not panel._projector.running, "the fitting process is still alive"
+    assert "PCA" in panel.summary.value, "a stopped projection shows nothing new"
+
+    panel.dims.value = 2
+    panel.method.value = "pca"
+    settled(panel)
+    expected = cw.project(cw.embed(model, images, progress=False), "pca", dims=2)
+    assert panel.scatter.points == scatter_data.positions(expected)[0]
+    assert "PCA" in panel.summary.value and "2D" in panel.summary.value and panel.error == ""
+    assert not panel._projector.running, "the superseded t-SNE's process is still alive"
