@@ -17,6 +17,7 @@ NOTEBOOK = Path(__file__).parent / "notebooks" / "scatter3d.ipynb"
 MIN_SPREAD = 10.0
 MIN_POINT_PIXELS = 2_000
 SATURATED = 80  # max - min channel: a palette colour, not the white background or the grey box
+TINTED = 20  # max - min channel of a point faded behind a selection: still tinted, unlike the background
 KERNEL_WAIT_S = 15
 
 
@@ -36,8 +37,9 @@ def canvas_pixels(canvas) -> np.ndarray:
 
 
 def point_centres(pixels: np.ndarray, count: int) -> list[tuple[int, int]]:
-    """Pixels deep inside drawn points: coloured, with every neighbour within 2 pixels coloured too."""
-    coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > SATURATED
+    """Pixels deep inside drawn points: tinted, with every neighbour within 2 pixels tinted too (points that
+    a selection fades count: they can still be hovered)."""
+    coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > TINTED
     core = coloured.copy()
     for dy in range(-2, 3):
         for dx in range(-2, 3):
