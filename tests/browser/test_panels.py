@@ -104,20 +104,22 @@ def record_latency(name: str, latencies: list[float]) -> float:
     return median
 
 
-def tour_copy(tmp_path, name: str) -> Path:
-    """The tour under another name: JupyterLab gives each notebook path its own kernel, so tests do not share one."""
+def open_tour_dashboard(open_notebook, tmp_path, name: str, index: int):
+    """Run the tour under another name (JupyterLab gives each notebook path its own kernel, so tests do not
+    share one) and return the notebook and its ``index``-th dashboard, scrolled into view, with no error shown."""
     copy = tmp_path / f"{name}.ipynb"
     shutil.copy(TOUR, copy)
-    return copy
+    notebook = open_notebook(copy, viewport=(1500, 1100))
+    dismiss_notifications(notebook.page)
+    assert notebook.errors_shown() == []
+    dashboard = notebook.page.locator(".cnnviz-dashboard").nth(index)
+    dashboard.scroll_into_view_if_needed()
+    return notebook, dashboard
 
 
 def test_photo_dashboard_every_panel_drawn_fast_repaints_and_a_long_occlusion_stops(open_notebook, tmp_path):
-    notebook = open_notebook(tour_copy(tmp_path, "tour_photos"), viewport=(1500, 1100))
+    notebook, dashboard = open_tour_dashboard(open_notebook, tmp_path, "tour_photos", 0)
     page = notebook.page
-    dismiss_notifications(page)
-    assert notebook.errors_shown() == []
-    dashboard = page.locator(".cnnviz-dashboard").nth(0)
-    dashboard.scroll_into_view_if_needed()
 
     views = {
         "Projector": "canvas",
@@ -196,12 +198,8 @@ def test_photo_dashboard_every_panel_drawn_fast_repaints_and_a_long_occlusion_st
 
 
 def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_image(open_notebook, tmp_path):
-    notebook = open_notebook(tour_copy(tmp_path, "tour_digits"), viewport=(1500, 1100))
+    notebook, dashboard = open_tour_dashboard(open_notebook, tmp_path, "tour_digits", 1)
     page = notebook.page
-    dismiss_notifications(page)
-    assert notebook.errors_shown() == []
-    dashboard = page.locator(".cnnviz-dashboard").nth(1)
-    dashboard.scroll_into_view_if_needed()
 
     panel = show_tab(dashboard, "Mistakes")
     wait_until_drawn(page, panel)
