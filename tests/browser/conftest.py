@@ -195,13 +195,17 @@ NOT_RUN_CELLS = """() => [...document.querySelectorAll(".jp-CodeCell .jp-InputPr
     .filter((p) => !/\\[\\d+\\]/.test(p.textContent)).length"""
 
 
+def _accept_dialog(page) -> None:
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    if accept.count():
+        accept.first.click()
+
+
 def _start_kernel(page, timeout_s: float = 120) -> None:
     """Wait for the notebook's kernel, accepting the kernel dialog a fresh profile may show."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        accept = page.locator(".jp-Dialog .jp-mod-accept")
-        if accept.count():
-            accept.first.click()
+        _accept_dialog(page)
         if page.evaluate(KERNEL_CONNECTED):
             return
         page.wait_for_timeout(250)
@@ -209,16 +213,24 @@ def _start_kernel(page, timeout_s: float = 120) -> None:
 
 
 def _run_all_and_wait(page) -> None:
+    """Start every cell, then poll until the run is over; a dialog that shows up late is accepted too.
+
+    The run-all command is not awaited: its promise waits on the cells, and a page call has no timeout.
+    """
     page.evaluate(
-        """async () => {
+        """() => {
             const app = window.jupyterapp;
-            const panel = app.shell.currentWidget;
-            app.shell.activateById(panel.id);
-            await panel.sessionContext.ready;
-            await app.commands.execute("notebook:run-all-cells");
+            app.shell.activateById(app.shell.currentWidget.id);
+            app.commands.execute("notebook:run-all-cells");
         }"""
     )
-    page.wait_for_function(RUN_FINISHED, timeout=RUN_ALL_TIMEOUT_MS, polling=500)
+    deadline = time.monotonic() + RUN_ALL_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        _accept_dialog(page)
+        if page.evaluate(RUN_FINISHED):
+            return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the notebook was still running after {RUN_ALL_TIMEOUT_MS / 1000:.0f} s")
 
 
 @pytest.fixture
