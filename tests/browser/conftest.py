@@ -201,19 +201,26 @@ def _accept_dialog(page) -> None:
         accept.first.click()
 
 
-def _start_kernel(page, timeout_s: float = 120) -> None:
-    """Wait for the notebook's kernel, accepting the kernel dialog a fresh profile may show."""
+def _accept_dialogs_until(page, condition: str, timeout_s: float, failure: str, interval_ms: int) -> None:
+    """Poll the JS ``condition`` until it holds, accepting any dialog on the way (a fresh profile asks for a
+    kernel, sometimes late); AssertionError ``failure`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _accept_dialog(page)
-        if page.evaluate(KERNEL_CONNECTED):
+        if page.evaluate(condition):
             return
-        page.wait_for_timeout(250)
-    raise AssertionError(f"the notebook's kernel did not start within {timeout_s} s")
+        page.wait_for_timeout(interval_ms)
+    raise AssertionError(failure)
+
+
+def _start_kernel(page, timeout_s: float = 120) -> None:
+    _accept_dialogs_until(
+        page, KERNEL_CONNECTED, timeout_s, f"the notebook's kernel did not start within {timeout_s} s", 250
+    )
 
 
 def _run_all_and_wait(page) -> None:
-    """Start every cell, then poll until the run is over; a dialog that shows up late is accepted too.
+    """Start every cell, then poll until the run is over.
 
     The run-all command is not awaited: its promise waits on the cells, and a page call has no timeout.
     """
@@ -224,13 +231,8 @@ def _run_all_and_wait(page) -> None:
             app.commands.execute("notebook:run-all-cells");
         }"""
     )
-    deadline = time.monotonic() + RUN_ALL_TIMEOUT_MS / 1000
-    while time.monotonic() < deadline:
-        _accept_dialog(page)
-        if page.evaluate(RUN_FINISHED):
-            return
-        page.wait_for_timeout(500)
-    raise AssertionError(f"the notebook was still running after {RUN_ALL_TIMEOUT_MS / 1000:.0f} s")
+    timeout_s = RUN_ALL_TIMEOUT_MS / 1000
+    _accept_dialogs_until(page, RUN_FINISHED, timeout_s, f"the notebook was still running after {timeout_s:.0f} s", 500)
 
 
 @pytest.fixture
