@@ -2,13 +2,13 @@
 
 ``images`` may be a tensor ``(N, C, H, W)``, a ``torch.utils.data.Dataset`` whose items are images or
 ``(image, label, ...)`` tuples, or a ``DataLoader`` yielding such batches. Inference runs batch by batch on the
-model's device, under :func:`~cnnviz_widgets.probe.probe`, so the model comes back exactly as it was given.
+model's device, on the model's private replica (:mod:`cnnviz_widgets.replica`): the model is never touched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,8 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .inputs import check_model, check_positive_int, model_device
-from .layers import last_linear_layer, resolve_layer
+from .layers import called_layers, embedding_layer, resolve_layer
+from .outputs import check_output, logits_of
 from .probe import probe
+from .replica import borrow
 
 PROJECTION_METHODS = ("pca", "tsne", "umap")
 POOLING = ("avg", "flatten")
@@ -105,8 +107,14 @@ class _Images:
             yield _check_image_batch(images), labels
 
 
-def _progress(images: _Images, description: str, progress: bool):
-    return tqdm(images, total=images.batches, desc=description, unit="batch", disable=not progress, leave=False)
+def _batches(images: _Images, description: str, progress: bool, checkpoint: Callable[..., None] | None):
+    """The batches with a progress bar, calling ``checkpoint(fraction_done)`` before each one."""
+    seen = 0
+    for batch, labels in tqdm(images, total=images.batches, desc=description, unit="batch", disable=not progress, leave=False):
+        if checkpoint is not None:
+            checkpoint(seen / images.count if images.count else 0.0)
+        seen += len(batch)
+        yield batch, labels
 
 
 @dataclass(frozen=True)
@@ -189,23 +197,25 @@ def _labels_array(labels, count: int | None) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def evaluate(model: nn.Module, images, labels=None, batch_size: int = 64, *, progress: bool = True) -> Evaluation:
+def evaluate(
+    model: nn.Module, images, labels=None, batch_size: int = 64, *, progress: bool = True, output=None, checkpoint=None
+) -> Evaluation:
     """Run ``model`` over ``images`` and compare its predictions with ``labels``.
 
     labels: one class index per image; may be omitted when ``images`` is a Dataset or DataLoader of
     ``(image, label)`` pairs.
+    output: a callable from the model's output to its logits (see :func:`~cnnviz_widgets.outputs.logits_of`).
+    checkpoint: called as ``checkpoint(fraction_done)`` before each batch; raise from it to stop.
     """
     model = check_model(model)
+    output = check_output(output)
     source = _Images(images, check_positive_int(batch_size, "batch_size"))
     given = None if labels is None else _labels_array(labels, source.count)
-    device = model_device(model)
     logits, seen_labels = [], []
-    with probe(model) as capture:
-        for batch, batch_labels in _progress(source, "evaluate", progress):
-            output = capture.run(batch.to(device))
-            if not isinstance(output, Tensor):
-                raise TypeError(f"model: expected it to return a logits tensor (N, K), got {type(output).__name__}")
-            logits.append(output.float().cpu())
+    with borrow(model) as replica, probe(replica) as capture:
+        device = model_device(replica)
+        for batch, batch_labels in _batches(source, "evaluate", progress, checkpoint):
+            logits.append(logits_of(capture.run(batch.to(device)), output).float().cpu())
             if given is None:
                 if batch_labels is None:
                     raise ValueError("labels: not given, and the images carry none; pass labels=")
@@ -243,33 +253,45 @@ def _pooled(activations, pool: str, layer_name: str) -> Tensor:
 
 
 def embed(
-    model: nn.Module, images, layer=None, batch_size: int = 64, pool: str = "avg", *, progress: bool = True
+    model: nn.Module,
+    images,
+    layer=None,
+    batch_size: int = 64,
+    pool: str = "avg",
+    *,
+    progress: bool = True,
+    output=None,
+    checkpoint=None,
 ) -> np.ndarray:
     """Activations of ``layer`` for every image -> float32 array ``(N, D)``.
 
-    layer: a submodule or dotted name; None takes the input of the last ``nn.Linear`` (the penultimate
-        features the classifier separates).
+    layer: a submodule or dotted name; None takes the input of the last ``nn.Linear`` the forward calls
+        (the penultimate features the classifier separates) or, in a model with none, the average over
+        space of its last conv layer's maps that the logits depend on.
     pool: for a conv layer's (N, C, h, w) output, "avg" averages each map (D = C), "flatten" keeps every
         position (D = C*h*w).
+    output: a callable from the model's output to its logits, used to find the default layer.
+    checkpoint: called as ``checkpoint(fraction_done)`` before each batch; raise from it to stop.
     """
     model = check_model(model)
+    output = check_output(output)
     if pool not in POOLING:
         raise ValueError(f"pool: expected one of {POOLING}, got {pool!r}")
     source = _Images(images, check_positive_int(batch_size, "batch_size"))
-    if layer is None:
-        name, module = resolve_layer(model, last_linear_layer(model))
-        watch = {"inputs": [(name, module)]}
-    else:
-        name, module = resolve_layer(model, layer)
-        watch = {"outputs": [(name, module)]}
-    device = model_device(model)
+    chosen = None if layer is None else resolve_layer(model, layer)[0]
     features = []
-    with probe(model, stop_early=True, **watch) as capture:
-        for batch, _ in _progress(source, "embed", progress):
-            capture.inputs.clear()
-            capture.outputs.clear()
-            capture.run(batch.to(device))
-            seen = capture.inputs if layer is None else capture.outputs
+    with borrow(model) as replica:
+        device = model_device(replica)
+        batches = _batches(source, "embed", progress, checkpoint)
+        for batch, _ in batches:
+            batch = batch.to(device)
+            if not features:
+                kind, name = ("output", chosen) if chosen else embedding_layer(called_layers(replica, batch[:1], output), model)
+                module = replica.get_submodule(name)
+                watch = {"inputs" if kind == "input" else "outputs": [(name, module)]}
+            with probe(replica, stop_early=True, **watch) as capture:
+                capture.run(batch)
+            seen = capture.inputs if kind == "input" else capture.outputs
             if name not in seen:
                 raise ValueError(f"layer: {name!r} was not called in the model's forward pass; choose another layer")
             features.append(_pooled(seen[name], pool, name).float().cpu())

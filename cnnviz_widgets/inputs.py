@@ -40,10 +40,6 @@ def input_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _shape(value) -> str:
-    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
-
-
 def check_image(model: nn.Module, x, argument: str = "x") -> Tensor:
     """One preprocessed image, ``(C, H, W)`` or ``(1, C, H, W)`` -> a fresh ``(1, C, H, W)`` float tensor on
     the model's device, detached from any graph the caller holds."""
@@ -74,14 +70,6 @@ def check_image(model: nn.Module, x, argument: str = "x") -> Tensor:
     if not torch.isfinite(x).all():
         raise ValueError(f"{argument}: contains NaN or infinite values; expected finite pixel values")
     return x.detach().to(model_device(model), copy=True)
-
-
-def check_logits(model: nn.Module, logits) -> Tensor:
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise TypeError(
-            f"model: expected a classifier returning logits of shape (N, K), got {_shape(logits)}"
-        )
-    return logits
 
 
 def check_int(value, argument: str) -> int:
@@ -196,6 +184,6 @@ def check_normalize(normalize, channels: int) -> tuple[Tensor, Tensor]:
                 f"normalize: {name} has {vector.numel()} values for a model reading {channels} channels"
             )
         pair.append(vector.reshape(1, channels, 1, 1).clone())
-    if (pair[1] <= 0).any():
-        raise ValueError(f"normalize: std must be positive, got {normalize[1]!r}")
+    if (pair[1] == 0).any():
+        raise ValueError(f"normalize: std must not be zero, got {normalize[1]!r}")
     return pair[0], pair[1]

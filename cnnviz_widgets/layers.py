@@ -1,10 +1,18 @@
-"""Find layers in a model: by module or dotted name, the conv layers, sensible defaults."""
+"""Find layers in a model: by module or dotted name, the layers its forward calls, sensible defaults."""
 
 from __future__ import annotations
 
 import difflib
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+from .inputs import check_image, check_model, input_channels
+from .outputs import OutputToLogits, check_output, logits_of
+from .probe import LayerCall, trace_calls
+from .replica import borrow
+
+DEFAULT_SIDE = 224
 
 
 def resolve_layer(model: nn.Module, layer, argument: str = "layer") -> tuple[str, nn.Module]:
@@ -36,22 +44,50 @@ def resolve_layer(model: nn.Module, layer, argument: str = "layer") -> tuple[str
     )
 
 
-def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Every ``nn.Conv2d`` of the model with its dotted name, in registration order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+def is_conv(call: LayerCall) -> bool:
+    """A convolution whose output is a stack of 2-D maps ``(C, h, w)``: what the layer lists offer."""
+    return isinstance(call.module, nn.modules.conv._ConvNd) and call.shape is not None and len(call.shape) == 3
 
 
-def last_conv_layer(model: nn.Module) -> str:
-    """Dotted name of the last conv layer: Grad-CAM's usual choice, where maps are still spatial."""
-    convs = conv_layers(model)
+def called_layers(model: nn.Module, x: Tensor, output: OutputToLogits | None = None) -> list[LayerCall]:
+    """Every submodule one forward pass of ``x`` calls, in call order (see :func:`~.probe.trace_calls`)."""
+    return trace_calls(model, x, lambda value: logits_of(value, output))
+
+
+def heatmap_layer(calls: list[LayerCall], model: nn.Module) -> str:
+    """Where Grad-CAM looks by default: the last conv layer called whose maps the logits depend on.
+
+    Modules the forward never calls (GoogLeNet's auxiliary heads in eval mode) and maps that lead nowhere
+    are skipped; a model whose logits are cut from the graph (a ``.detach()`` inside) gets its last conv.
+    """
+    convs = [call for call in calls if is_conv(call)]
     if not convs:
-        raise ValueError(f"model: {type(model).__name__} has no nn.Conv2d layer; pass layer= explicitly")
-    return convs[-1][0]
+        raise ValueError(f"model: {type(model).__name__} calls no convolution with spatial maps; pass layer= explicitly")
+    feeding = [call for call in convs if call.feeds_logits]
+    return (feeding or convs)[-1].name
 
 
-def last_linear_layer(model: nn.Module) -> str:
-    """Dotted name of the last ``nn.Linear``: its input is the model's penultimate feature vector."""
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"model: {type(model).__name__} has no nn.Linear layer; pass layer= explicitly")
-    return linears[-1]
+def embedding_layer(calls: list[LayerCall], model: nn.Module) -> tuple[str, str]:
+    """Where embeddings come from by default: ``("input", name)`` of the last ``nn.Linear`` called (the
+    features the classifier separates), or, for a model without one (SqueezeNet, a fully convolutional
+    net), ``("output", name)`` of its Grad-CAM layer, to be averaged over space."""
+    linears = [call for call in calls if isinstance(call.module, nn.Linear)]
+    if linears:
+        return "input", linears[-1].name
+    return "output", heatmap_layer(calls, model)
+
+
+def conv_layers(model: nn.Module, x: Tensor | None = None, *, output=None) -> list[tuple[str, tuple[int, ...]]]:
+    """The conv layers ``model``'s forward calls for ``x``, in call order, each with its output shape ``(C, h, w)``.
+
+    x: one preprocessed image, ``(C, H, W)`` or ``(1, C, H, W)``; by default a black 224 x 224 image with as
+    many channels as the model's first convolution reads. The model itself is not touched (a private
+    replica runs the pass).
+    """
+    check_model(model)
+    check_output(output)
+    with borrow(model) as replica:
+        if x is None:
+            x = torch.zeros(1, input_channels(replica) or 3, DEFAULT_SIDE, DEFAULT_SIDE)
+        image = check_image(replica, x)
+        return [(call.name, call.shape) for call in called_layers(replica, image, output) if is_conv(call)]

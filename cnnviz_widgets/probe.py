@@ -3,13 +3,19 @@
 Everything that looks inside a model goes through :func:`probe`: it puts the model in eval mode, captures
 what is asked for, and on the way out (``finally``) removes every hook and gives back each submodule's
 train/eval mode, each parameter's ``requires_grad`` flag and ``.grad`` field, exactly as it found them.
+Probes of one model take turns (:func:`model_lock`): hooks of two threads on one model would mix their
+captures, and a state saved while another probe had changed it would be restored wrongly.
+
+The models probed are the private replicas of :mod:`cnnviz_widgets.replica`, never the user's object.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +23,22 @@ from torch import Tensor, nn
 Layer = tuple[str, nn.Module]
 
 GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+# Words of torch's messages about an input the network cannot take (wrong size, channels or dimensions).
+_SHAPE_WORDS = ("size", "shape", "dimension", "channels", "expected input", "mat1 and mat2")
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock of ``model``, weakly keyed so it dies with the model; re-entrant, so nested probes work."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 class _StopForward(Exception):
@@ -35,17 +57,20 @@ class Capture:
     def run(self, x: Tensor) -> Tensor | None:
         """Forward ``x``; returns the logits, or None when the probe stopped after its last layer.
 
-        A failure inside the user's network is reported as a ValueError about ``x`` (the usual cause: a
+        A failure of the network about the input's shape is reported as a ValueError about ``x`` (a
         picture too small for the network's pooling, or not what its first layer expects), with the
-        network's own error chained for the details.
+        network's own error chained; any other failure (out of memory, a bug in the model) is raised as is.
         """
         try:
             return self.model(x)
         except _StopForward:
             return None
         except RuntimeError as error:
+            message = str(error)
+            if isinstance(error, torch.OutOfMemoryError) or not any(word in message.lower() for word in _SHAPE_WORDS):
+                raise
             raise ValueError(
-                f"x: {type(self.model).__name__} cannot run on an input of shape {tuple(x.shape)}: {error}"
+                f"x: {type(self.model).__name__} cannot run on an input of shape {tuple(x.shape)}: {message}"
             ) from error
 
 
@@ -142,7 +167,7 @@ def probe(
         if output.requires_grad:
             output.register_hook(lambda grad: grad.clamp(min=0))
 
-    with preserved_state(model):
+    with model_lock(model), preserved_state(model):
         try:
             for name, module in outputs:
                 handles.append(module.register_forward_hook(output_hook(name)))
@@ -157,3 +182,61 @@ def probe(
         finally:
             for handle in handles:
                 handle.remove()
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """A submodule the forward pass called: its output shape (at its last call; None if not a tensor), and
+    whether the logits depend on that output."""
+
+    name: str
+    module: nn.Module
+    shape: tuple[int, ...] | None
+    feeds_logits: bool
+
+
+def trace_calls(model: nn.Module, x: Tensor, to_logits: Callable[[object], Tensor]) -> list[LayerCall]:
+    """Every submodule one forward pass of ``x`` calls, in the order of their first call.
+
+    The pass is differentiable with respect to each spatial ``(N, C, h, w)`` output, so that one backward
+    says which of them the logits depend on: a layer the forward calls but whose output goes nowhere (an
+    auxiliary head, a computed-and-dropped branch) is no place for Grad-CAM.
+    """
+    names = {module: name for name, module in model.named_modules() if name}
+    order: dict[str, nn.Module] = {}
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    spatial: dict[str, Tensor] = {}
+    handles = []
+
+    def record(module, args, output):
+        name = names[module]
+        order.setdefault(name, module)
+        if not isinstance(output, Tensor):
+            shapes[name] = None
+            return None
+        shapes[name] = tuple(output.shape[1:])
+        if output.dim() != 4 or not output.is_floating_point():
+            return None
+        if not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+        spatial[name] = output
+        # The network gets a copy, so an in-place op further on cannot rewrite the tensor differentiated.
+        return output.clone()
+
+    with model_lock(model), preserved_state(model):
+        try:
+            for module in names:
+                handles.append(module.register_forward_hook(record))
+            with torch.enable_grad():
+                logits = to_logits(Capture(model).run(x))
+                tracked = list(spatial.values())
+                gradients = [None] * len(tracked)
+                if tracked and logits.requires_grad:
+                    # A random direction: no layer's gradient can cancel out by chance, as with a plain sum.
+                    direction = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)).to(logits)
+                    gradients = torch.autograd.grad((logits * direction).sum(), tracked, allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+    feeding = {name for name, gradient in zip(spatial, gradients) if gradient is not None}
+    return [LayerCall(name, module, shapes[name], name in feeding) for name, module in order.items()]

@@ -11,9 +11,20 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+from torch import Tensor
 
 SCALINGS = ("per_map", "shared")
+THUMBNAIL_SIDE = 64
+MAP_TILE_SIDE = 56
+MAP_COLUMNS = 8
+GRID_PADDING = 2
+PATCH_FILLS = ("black", "grey", "image mean", "blurred")
+FILL_BLUR_RADIUS = 8.0
+"""Radius of the blur that shows the "blurred" patch fill on the picture (the model's input is blurred
+with the same sigma, see ``methods.occlusion.BLUR_SIGMA``)."""
 
 
 def _array(values) -> np.ndarray:
@@ -55,20 +66,43 @@ def apply_colormap(values, cmap: str = "viridis", low: float | None = None, high
     return colormap(cmap)[index]
 
 
-def to_rgb(picture) -> np.ndarray:
-    """A PIL image, an ``(H, W)`` / ``(H, W, 3|4)`` uint8 array or an ``(H, W, 3)`` float array in [0, 1]
-    -> ``(H, W, 3)`` uint8."""
-    if isinstance(picture, Image.Image):
-        return np.asarray(picture.convert("RGB"))
-    array = np.asarray(picture)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"picture: expected (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
-    array = array[..., :3]
+def to_picture(item) -> Image.Image:
+    """Any picture a user may hold -> an RGB PIL image; the one converter of the package.
+
+    A PIL image; or an array or tensor ``(H, W)``, ``(H, W, 1|3|4)`` or ``(1|3, H, W)``: uint8 as it is,
+    floats in [0, 1] as they are, any other floats (e.g. a normalised input) min-max scaled to [0, 1].
+    """
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    # Tensors are channels-first by torch's convention; arrays only when their last axis cannot be channels.
+    channels_first = isinstance(item, Tensor) and item.ndim == 3 and item.shape[0] in (1, 3)
+    if isinstance(item, Tensor):
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray):
+        raise TypeError(f"picture: expected a PIL image, an array or a tensor, got {type(item).__name__}")
+    array = item
+    if array.ndim == 3 and array.shape[0] in (1, 3) and (channels_first or array.shape[-1] not in (1, 3, 4)):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"picture: expected (H, W), (H, W, 1|3|4) or (1|3, H, W), got an array of shape {item.shape}"
+        )
     if array.dtype != np.uint8:
-        array = np.round(np.clip(array.astype(np.float64), 0.0, 1.0) * 255).astype(np.uint8)
-    return array
+        values = np.nan_to_num(array.astype(np.float64))
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        array = np.round(values * 255).astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def to_rgb(picture) -> np.ndarray:
+    """A picture (see :func:`to_picture`) as an ``(H, W, 3)`` uint8 array."""
+    if isinstance(picture, np.ndarray) and picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3:
+        return picture
+    return np.asarray(to_picture(picture))
 
 
 def resize(picture: np.ndarray, height: int, width: int, smooth: bool = True) -> np.ndarray:
@@ -186,3 +220,116 @@ def to_png(picture) -> bytes:
     stream = io.BytesIO()
     Image.fromarray(to_rgb(picture)).save(stream, format="PNG")
     return stream.getvalue()
+
+
+def shrink_maps(maps: Tensor, side: int = MAP_TILE_SIDE) -> Tensor:
+    """Feature maps ``(N, h, w)`` no larger than ``side`` pixels: area-averaged, so a big grid stays a small PNG."""
+    height, width = maps.shape[-2:]
+    if max(height, width) <= side:
+        return maps
+    factor = side / max(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return F.adaptive_avg_pool2d(maps.float().unsqueeze(0), size)[0]
+
+
+def map_zoom(maps: Tensor, side: int = MAP_TILE_SIDE) -> int:
+    """Integer zoom that brings small maps (e.g. 7x7) up to about ``side`` pixels."""
+    return max(1, side // max(maps.shape[-2:]))
+
+
+def feature_grid(maps: Tensor, scaling: str, cmap: str, columns: int = MAP_COLUMNS) -> tuple[np.ndarray, int]:
+    """The maps as a grid picture; returns ``(picture, zoom)``. Shared scaling uses the range of all maps shown."""
+    small = shrink_maps(maps)
+    zoom = map_zoom(small)
+    return tile_maps(small, columns=min(columns, len(small)), scaling=scaling, cmap=cmap, zoom=zoom, padding=GRID_PADDING), zoom
+
+
+def enlarged_map(single: Tensor, cmap: str, side: int = 256, low: float | None = None, high: float | None = None) -> np.ndarray:
+    """One feature map coloured and blown up to about ``side`` pixels with hard pixel edges."""
+    coloured = apply_colormap(single, cmap, low, high)
+    zoom = max(1, side // max(coloured.shape[:2]))
+    return coloured.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def thumbnail(picture: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A picture's thumbnail as PNG, at most ``side`` pixels on its long side."""
+    small = picture.copy()
+    small.thumbnail((side, side), Image.Resampling.LANCZOS if max(picture.size) > side else Image.Resampling.NEAREST)
+    if max(small.size) < side // 2:
+        factor = side // max(small.size)
+        small = small.resize((small.width * factor, small.height * factor), Image.Resampling.NEAREST)
+    return to_png(np.asarray(small))
+
+
+def baseline_view(view: np.ndarray, kind: str) -> np.ndarray:
+    """What fills an occluding patch, as the user sees it (uint8 RGB the size of ``view``)."""
+    if kind == "black":
+        return np.zeros_like(view)
+    if kind == "grey":
+        return np.full_like(view, 128)
+    if kind == "image mean":
+        return np.broadcast_to(view.reshape(-1, 3).mean(axis=0).round().astype(np.uint8), view.shape).copy()
+    if kind == "blurred":
+        return np.asarray(Image.fromarray(view).filter(ImageFilter.GaussianBlur(FILL_BLUR_RADIUS)))
+    raise ValueError(f"baseline: expected one of {PATCH_FILLS}, got {kind!r}")
+
+
+def outlined(view: np.ndarray, box: tuple[int, int, int, int], colour=(255, 255, 255), thickness: int = 2) -> np.ndarray:
+    """The picture with a rectangle drawn around ``box``, so the patch shows whatever its fill."""
+    result = view.copy()
+    top, bottom, left, right = box
+    result[top : top + thickness, left:right] = colour
+    result[bottom - thickness : bottom, left:right] = colour
+    result[top:bottom, left : left + thickness] = colour
+    result[top:bottom, right - thickness : right] = colour
+    return result
+
+
+def scores_picture(scores: Tensor, cmap: str, side: int = 224) -> np.ndarray:
+    """The occlusion scores grid (rows, cols) in colour, from its lowest (dark) to its highest value, blown up to ``side``."""
+    coloured = apply_colormap(scores, cmap)
+    zoom = max(1, side // max(coloured.shape[:2]))
+    return coloured.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def colour_bar(cmap: str, width: int = 224, height: int = 12) -> np.ndarray:
+    """A horizontal strip of the colormap, low values on the left."""
+    ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
+    return apply_colormap(ramp, cmap, 0.0, 1.0)
+
+
+def points_picture(points: np.ndarray, colour_indices: np.ndarray, palette: list[str], side: int = 480, radius: int = 2) -> np.ndarray:
+    """Projected points seen from the front (first two coordinates) as a white picture, each point a dot in its colour."""
+    canvas = np.full((side, side, 3), 255, np.uint8)
+    xy = points[:, :2].astype(np.float64)
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    margin = radius + 4
+    pixels = np.round(margin + (xy - low) / span * (side - 1 - 2 * margin)).astype(int)
+    pixels[:, 1] = side - 1 - pixels[:, 1]
+    colours = np.array([[int(code[i : i + 2], 16) for i in (1, 3, 5)] for code in palette] or [[0, 0, 0]], np.uint8)
+    for (column, row), colour in zip(pixels, colours[np.clip(colour_indices, 0, len(colours) - 1)]):
+        canvas[row - radius : row + radius + 1, column - radius : column + radius + 1] = colour
+    return canvas
+
+
+def side_by_side(pictures: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Pictures of one height in a row, white between them (what Save as PNG writes)."""
+    height = max(picture.shape[0] for picture in pictures)
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    row = []
+    for picture in pictures:
+        row += [resize(picture, height, round(picture.shape[1] * height / picture.shape[0])), spacer]
+    return np.concatenate(row[:-1], axis=1)
+
+
+def occluded(picture, fill, box: tuple[int, int, int, int]):
+    """A copy of ``picture`` (array ``(H, W, C)`` or tensor ``(1, C, H, W)``) with ``box`` taken from ``fill``."""
+    top, bottom, left, right = box
+    if isinstance(picture, Tensor):
+        result = picture.clone()
+        result[..., top:bottom, left:right] = fill[..., top:bottom, left:right]
+        return result
+    result = picture.copy()
+    result[top:bottom, left:right] = fill[top:bottom, left:right]
+    return result

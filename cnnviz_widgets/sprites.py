@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .render import to_picture
+
 BACKGROUND = (255, 255, 255)
 
 
@@ -30,38 +32,6 @@ class Atlas:
         return buffer.getvalue()
 
 
-def _scaled_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Float pixels -> uint8; [0, 1] is kept as is, anything else (e.g. normalised input) min-max scaled."""
-    pixels = pixels.astype(np.float32)
-    low, high = float(pixels.min()), float(pixels.max())
-    if low < 0 or high > 1:
-        pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
-    return np.round(pixels * 255).astype(np.uint8)
-
-
-def _picture(item, index: int, channels_first: bool) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    pixels = np.asarray(item)
-    if pixels.ndim == 3 and channels_first:
-        pixels = np.moveaxis(pixels, 0, -1)
-    if pixels.ndim == 3 and pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
-        raise ValueError(
-            f"images: image {index} has shape {np.asarray(item).shape}; expected (H, W), (H, W, C) or (C, H, W) "
-            "with 1, 3 or 4 channels"
-        )
-    if pixels.dtype != np.uint8:
-        pixels = _scaled_to_uint8(pixels)
-    return Image.fromarray(pixels).convert("RGB")
-
-
-def _channels_first(shape: tuple[int, ...]) -> bool:
-    """Whether a 3-D image shape reads (C, H, W) rather than (H, W, C)."""
-    return len(shape) == 3 and shape[0] in (1, 3) and shape[-1] not in (1, 3, 4)
-
-
 def pictures(images) -> list[Image.Image]:
     """Images in any usual form -> RGB PIL images.
 
@@ -71,17 +41,22 @@ def pictures(images) -> list[Image.Image]:
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
             raise ValueError(f"images: expected a tensor (N, C, H, W), got shape {tuple(images.shape)}")
-        return [_picture(image, i, channels_first=True) for i, image in enumerate(images.detach().cpu().numpy())]
-    if isinstance(images, np.ndarray):
+        images = list(images.detach().cpu())
+    elif isinstance(images, np.ndarray):
         if images.ndim not in (3, 4):
             raise ValueError(f"images: expected an array of images (N, H, W[, C]), got shape {images.shape}")
-        channels_first = _channels_first(images.shape[1:])
-        return [_picture(image, i, channels_first) for i, image in enumerate(images)]
-    if isinstance(images, (list, tuple)):
-        return [_picture(image, i, _channels_first(np.shape(image))) for i, image in enumerate(images)]
-    raise TypeError(
-        f"images: expected a tensor, a numpy array or a list of PIL images / arrays, got {type(images).__name__}"
-    )
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(
+            f"images: expected a tensor, a numpy array or a list of PIL images / arrays, got {type(images).__name__}"
+        )
+    converted = []
+    for index, image in enumerate(images):
+        try:
+            converted.append(to_picture(image))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"images: image {index}: {error}") from None
+    return converted
 
 
 def build_atlas(images, thumbnail_size: int = 32, max_side: int = 8192) -> Atlas:

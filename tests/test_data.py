@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import cnnviz_widgets as cw
+from tests.model_state import ModelState
 from cnnviz_widgets import data
 
 
@@ -75,26 +76,6 @@ def used_model() -> nn.Module:
     for p in params[len(params) // 2 :]:
         p.grad = torch.full_like(p, 0.5)
     return model
-
-
-def snapshot(model: nn.Module) -> dict:
-    """What a call could change: modes, weights and BatchNorm statistics, grad flags and fields, hooks."""
-    return {
-        "modes": [m.training for m in model.modules()],
-        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
-        "flags": [p.requires_grad for p in model.parameters()],
-        "grads": [p.grad for p in model.parameters()],
-        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()],
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert after["modes"] == before["modes"]
-    assert all(torch.equal(after["tensors"][k], v) for k, v in before["tensors"].items())
-    assert after["flags"] == before["flags"]
-    assert all(a is b for a, b in zip(after["grads"], before["grads"]))
-    assert after["hooks"] == before["hooks"]
 
 
 def five_nn_accuracy(points: np.ndarray, labels: np.ndarray) -> float:
@@ -179,22 +160,39 @@ def test_tensor_dataset_and_loader_agree(model, digits, evaluation):
 def test_evaluate_and_embed_leave_the_model_as_they_found_it(digits):
     x, y, _ = digits
     model = used_model()
-    before = snapshot(model)
+    state = ModelState(model)
     cw.evaluate(model, x[:40], y[:40], batch_size=16, progress=False)
     cw.embed(model, x[:40], batch_size=16, progress=False)
     cw.embed(model, x[:40], layer="features.conv2", progress=False)
-    assert_unchanged(model, before)
+    state.assert_unchanged()
 
 
 def test_model_left_unchanged_after_a_failure(digits):
     x, _, _ = digits
     model = used_model()
-    before = snapshot(model)
+    state = ModelState(model)
+    # Both fail after the model has run on some images: labels are checked against the logits, and the
+    # dataset breaks on its third batch.
     with pytest.raises(ValueError, match="labels"):
         cw.evaluate(model, x[:10], list(range(12, 22)), progress=False)
-    with pytest.raises(ValueError, match="layer"):
-        cw.embed(model, x[:10], layer="features.conv9", progress=False)
-    assert_unchanged(model, before)
+    with pytest.raises(OSError, match="disk went away"):
+        cw.embed(model, BreaksAfter(x[:40], 20), batch_size=8, progress=False)
+    state.assert_unchanged()
+
+
+class BreaksAfter(torch.utils.data.Dataset):
+    """A dataset whose reads fail from item ``count`` on, as a file on a network drive can."""
+
+    def __init__(self, images: torch.Tensor, count: int):
+        self.images, self.count = images, count
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index >= self.count:
+            raise OSError("disk went away")
+        return self.images[index]
 
 
 @pytest.mark.parametrize(
@@ -269,8 +267,10 @@ def test_embed_bad_input(model, digits):
     x, _, _ = digits
     with pytest.raises(ValueError, match="pool"):
         cw.embed(model, x, pool="max")
-    with pytest.raises(ValueError, match="has no nn.Linear"):
+    with pytest.raises(TypeError, match="pass output="):
         cw.embed(nn.Sequential(nn.Conv2d(1, 2, 3)), x)
+    with pytest.raises(ValueError, match="calls no convolution with spatial maps"):
+        cw.embed(nn.Sequential(nn.Flatten(), nn.Identity()), x[:2], progress=False)
     with pytest.raises(ValueError, match="was not called"):
         cw.embed(WithSpareLayer(), x[:2], layer="spare", progress=False)
 

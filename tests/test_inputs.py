@@ -130,7 +130,7 @@ def test_model_that_is_not_a_module(name):
 
 def test_model_that_does_not_return_logits():
     model = nn.Sequential(nn.Conv2d(3, 2, 1))
-    with pytest.raises(TypeError, match=r"model: expected a classifier returning logits of shape \(N, K\), got \(1, 2"):
+    with pytest.raises(TypeError, match=r"model: expected its forward to return class logits \(N, K\).* returned Tensor of shape \(1, 2, 8, 8\); pass output="):
         cw.grad_cam(model, torch.zeros(3, 8, 8), "0", 0)
 
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision
 from torch import nn
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.layers import conv_layers, last_conv_layer, last_linear_layer, resolve_layer
+from cnnviz_widgets.layers import called_layers, conv_layers, embedding_layer, heatmap_layer, resolve_layer
+from cnnviz_widgets.replica import borrow
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +44,66 @@ def test_foreign_module_and_wrong_type(resnet18):
         resolve_layer(resnet18, 4.0, argument="target_layer")
 
 
-def test_conv_layers_include_subclasses():
+class CalledOutOfOrder(nn.Module):
+    """Registers its convolutions in another order than it calls them, one is never called, and one branch
+    is computed and dropped: the layer lists must follow the forward pass, not the registration."""
+
+    def __init__(self):
+        super().__init__()
+        self.early = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.dropped = nn.Conv2d(6, 2, 1)
+        self.unused = nn.Conv2d(3, 3, 1)
+        self.late = nn.Conv2d(4, 6, 3, padding=1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        features = self.late(self.early(x))
+        self.dropped(features)
+        return self.head(features.mean(dim=(2, 3)))
+
+
+def test_conv_layers_follow_the_forward_pass_with_output_shapes():
+    model = CalledOutOfOrder()
+    assert conv_layers(model, torch.zeros(3, 20, 30)) == [
+        ("early", (4, 10, 15)),
+        ("late", (6, 10, 15)),
+        ("dropped", (2, 10, 15)),
+    ]
+
+
+def test_default_layers_skip_what_the_logits_do_not_depend_on():
+    model = CalledOutOfOrder()
+    with borrow(model) as replica:
+        calls = called_layers(replica, torch.zeros(1, 3, 20, 30))
+    assert heatmap_layer(calls, model) == "late"
+    assert embedding_layer(calls, model) == ("input", "head")
+
+
+def test_googlenet_with_auxiliary_heads_defaults_to_its_main_path():
+    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    with borrow(model) as replica:
+        calls = called_layers(replica, torch.zeros(1, 3, 224, 224))
+    layer = heatmap_layer(calls, model)
+    assert layer.startswith("inception5b.") and not layer.startswith("aux")
+    assert embedding_layer(calls, model) == ("input", "fc")
+
+
+def test_a_model_without_linear_layer_embeds_its_last_spatial_layer():
+    model = torchvision.models.squeezenet1_1(weights=None, num_classes=7)
+    with borrow(model) as replica:
+        calls = called_layers(replica, torch.zeros(1, 3, 96, 96))
+    assert embedding_layer(calls, model) == ("output", "classifier.1")
+
+
+def test_conv_layers_of_efficientnet_lite0_in_call_order():
     model, _, _ = cw.demo.imagenet_model()
     names = [name for name, _ in conv_layers(model)]
-    assert names[0] == "_conv_stem" and names[-1] == "_conv_head"
-    assert last_conv_layer(model) == "_conv_head"
-    assert last_linear_layer(model) == "_fc"
+    assert names[0] == "_conv_stem" and names[-1] == "_conv_head" and len(names) == 49
 
 
-def test_models_without_conv_or_linear():
-    with pytest.raises(ValueError, match="model: Sequential has no nn.Conv2d layer"):
-        last_conv_layer(nn.Sequential(nn.Linear(2, 2)))
-    with pytest.raises(ValueError, match="model: Sequential has no nn.Linear layer"):
-        last_linear_layer(nn.Sequential(nn.Conv2d(2, 2, 1)))
+def test_models_without_conv_layers():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    with borrow(model) as replica:
+        calls = called_layers(replica, torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="model: Sequential calls no convolution with spatial maps; pass layer="):
+        heatmap_layer(calls, model)

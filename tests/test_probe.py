@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cnnviz_widgets.probe import probe
-from methods.model_state import ModelState, used_model
+from tests.model_state import ModelState, used_model
 
 
 class Block(nn.Module):

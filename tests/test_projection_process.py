@@ -1,23 +1,56 @@
-"""ProjectionProcess: data.project in a child process, with the same points and errors, ended by a checkpoint."""
+"""ProjectionProcess: data.project in a child process, with the same points and errors, ended by a checkpoint or
+by close().
+
+A stop must not wait for the fit. To prove it without a clock, the tests freeze the fitting child (SIGSTOP) as
+soon as the caller's checkpoint runs, i.e. while its reply is still pending: a frozen child can never reply, so a
+call that returns at all has ended it. Thread joins carry a timeout only to turn a hang into a failure.
+"""
 
 from __future__ import annotations
 
-import time
+import multiprocessing
+import os
+import signal
+import threading
 
 import numpy as np
 import pytest
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.projection_process import ProjectionProcess
+from cnnviz_widgets.projection_process import PROCESS_NAME, ProjectionClosed, ProjectionProcess
 
-# Enough points that a t-SNE fit lasts several times the stop budget.
-STOPPABLE_POINTS = 3000
-FIT_RUNS_SECONDS = 3.0
-STOP_BUDGET_SECONDS = 2.0
+# A t-SNE fit of this many points lasts seconds, far longer than the first checkpoint's wait (POLL_SECONDS).
+FIT_POINTS = 3000
+HANG_GUARD_SECONDS = 120
+ENDED_BY_SIGNAL = (-signal.SIGTERM, -signal.SIGKILL)
 
 
 class Stop(Exception):
     pass
+
+
+class Background:
+    """``call()`` in a thread; :meth:`outcome` is its return value or the exception it raised."""
+
+    def __init__(self, call):
+        self._outcome = []
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call):
+        try:
+            self._outcome.append(call())
+        except BaseException as error:  # noqa: BLE001 - handed to the test, which asserts on it
+            self._outcome.append(error)
+
+    def outcome(self):
+        self._thread.join(HANG_GUARD_SECONDS)
+        assert not self._thread.is_alive(), "the call hangs"
+        return self._outcome[0]
+
+
+def projection_children() -> set:
+    return {child for child in multiprocessing.active_children() if child.name == PROCESS_NAME}
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +59,32 @@ def embeddings():
     return cw.embed(cw.demo.digits_model(), x, progress=False)
 
 
+@pytest.fixture(scope="module")
+def fit_embeddings(embeddings):
+    generator = np.random.default_rng(0)
+    many = embeddings[generator.integers(len(embeddings), size=FIT_POINTS)]
+    return many + generator.normal(scale=0.05 * embeddings.std(), size=many.shape).astype(np.float32)
+
+
 @pytest.fixture
 def projector():
     process = ProjectionProcess()
     yield process
     process.close()
+
+
+def started_child(projector, embeddings):
+    """Serve a first small request, so that the child has done its imports, and return that child."""
+    before = projection_children()
+    projector.project(embeddings[:20], "tsne", dims=2)
+    (child,) = projection_children() - before
+    return child
+
+
+def freeze_once(child, frozen: threading.Event) -> None:
+    if not frozen.is_set():
+        os.kill(child.pid, signal.SIGSTOP)
+        frozen.set()
 
 
 def test_points_are_those_of_data_project(embeddings, projector):
@@ -48,21 +102,48 @@ def test_errors_are_raised_as_data_project_raises_them(projector):
     assert projector.running, "a refused request leaves the process serving"
 
 
-def test_a_checkpoint_that_raises_ends_the_fit_at_once_and_the_next_request_is_served(embeddings, projector):
-    generator = np.random.default_rng(0)
-    many = embeddings[generator.integers(len(embeddings), size=STOPPABLE_POINTS)]
-    many = many + generator.normal(scale=0.05 * embeddings.std(), size=many.shape).astype(np.float32)
-    started = time.perf_counter()
-    stop_requested = []
+def test_a_checkpoint_that_raises_ends_the_fit_and_the_next_request_gets_a_new_child(embeddings, fit_embeddings, projector):
+    child = started_child(projector, embeddings)
+    frozen = threading.Event()
 
     def checkpoint():
-        if time.perf_counter() - started > FIT_RUNS_SECONDS:
-            stop_requested.append(time.perf_counter())
-            raise Stop
+        freeze_once(child, frozen)
+        raise Stop
 
-    with pytest.raises(Stop):
-        projector.project(many, "tsne", dims=3, checkpoint=checkpoint)
-    assert time.perf_counter() - stop_requested[0] < STOP_BUDGET_SECONDS
-    assert not projector.running, "the fitting process is still alive"
+    assert isinstance(Background(lambda: projector.project(fit_embeddings, "tsne", dims=3, checkpoint=checkpoint)).outcome(), Stop)
+    assert frozen.is_set(), "the checkpoint ran while the fit was under way"
+    assert not child.is_alive() and child.exitcode in ENDED_BY_SIGNAL
+    assert not projector.running
+    before = projection_children()
     few = embeddings[:20]
     np.testing.assert_array_equal(projector.project(few, "tsne", dims=2), cw.project(few, "tsne", dims=2))
+    assert len(projection_children() - before) == 1, "the next request starts a new child"
+
+
+def test_close_during_a_fit_ends_the_child_and_the_pending_call_raises_projection_closed(embeddings, fit_embeddings, projector):
+    child = started_child(projector, embeddings)
+    frozen = threading.Event()
+    pending = Background(
+        lambda: projector.project(fit_embeddings, "tsne", dims=2, checkpoint=lambda: freeze_once(child, frozen))
+    )
+    assert frozen.wait(HANG_GUARD_SECONDS), "the checkpoint never ran"
+
+    assert Background(projector.close).outcome() is None
+    assert not child.is_alive() and child.exitcode in ENDED_BY_SIGNAL, "close() returned before the child was gone"
+    assert isinstance(pending.outcome(), ProjectionClosed)
+    assert not projector.running and child not in projection_children()
+
+    few = embeddings[:20]
+    expected = cw.project(few, "tsne", dims=2)
+    fresh = ProjectionProcess()
+    try:
+        np.testing.assert_array_equal(fresh.project(few, "tsne", dims=2), expected)
+    finally:
+        fresh.close()
+    np.testing.assert_array_equal(projector.project(few, "tsne", dims=2), expected)
+
+
+def test_close_when_idle_ends_the_child(embeddings, projector):
+    child = started_child(projector, embeddings)
+    projector.close()
+    assert not child.is_alive() and not projector.running

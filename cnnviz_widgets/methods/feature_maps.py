@@ -6,21 +6,27 @@ from torch import Tensor, nn
 
 from ..inputs import check_image, check_model
 from ..layers import resolve_layer
+from ..outputs import check_output
 from ..probe import probe
+from ..replica import borrow
 
 
-def feature_maps(model: nn.Module, x: Tensor, layer) -> Tensor:
+def feature_maps(model: nn.Module, x: Tensor, layer, *, output=None) -> Tensor:
     """The output of ``layer`` for the image ``x``: ``(C_l, h, w)`` for a conv layer, detached on the CPU.
 
     For a module the forward pass calls more than once (a ReLU reused within a block), this is its
-    output at the last call, the same activation Grad-CAM explains.
+    output at the last call, the same activation Grad-CAM explains. ``output`` is accepted for a uniform
+    call shape; the logits are not needed here.
     """
     check_model(model)
-    name, module = resolve_layer(model, layer)
-    image = check_image(model, x)
-    with probe(model, outputs=[(name, module)]) as capture:
-        capture.run(image)
-    return layer_output(capture.outputs, name, module)[0].cpu()
+    check_output(output)
+    name, _ = resolve_layer(model, layer)
+    with borrow(model) as replica:
+        module = replica.get_submodule(name)
+        image = check_image(replica, x)
+        with probe(replica, outputs=[(name, module)]) as capture:
+            capture.run(image)
+        return layer_output(capture.outputs, name, module)[0].cpu()
 
 
 def layer_output(outputs: dict, name: str, module: nn.Module) -> Tensor:

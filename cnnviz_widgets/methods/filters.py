@@ -46,7 +46,11 @@ SCALE_RANGE = (0.95, 1.05)
 ROTATION_DEGREES = 5.0
 INITIAL_NOISE = 0.01
 
-PatternCallback = Callable[[int, Tensor], None]
+# Picture side over receptive field below which a filter's centre unit is maximised rather than its map's
+# mean (see filter_patterns). Set from the renders of every conv layer of both demo models.
+CENTRE_UNIT_BELOW = 0.15
+
+Checkpoint = Callable[..., None]
 
 
 def filter_weights(model: nn.Module, layer) -> Tensor:
@@ -71,25 +75,26 @@ def filter_patterns(
     seed: int = 0,
     normalize=None,
     *,
-    callback: PatternCallback | None = None,
-    callback_every: int = 10,
+    checkpoint: Checkpoint | None = None,
+    preview_every: int = 10,
 ) -> Tensor:
-    """Activation maximisation: for each filter, the picture that maximises the mean of its output map.
+    """Activation maximisation: for each filter, the picture that excites it most.
 
     All filters are optimised together in one batch, from a grey picture with a little noise.
     Returns ``(F, C, size, size)`` in [0, 1] with ``C`` the channels the model reads (3 for RGB).
 
     filters: an index or a sequence of indices into the layer's output channels.
     normalize: ``(mean, std)`` mapping [0, 1] pixels to the model's input; ImageNet's by default.
-    callback: called as ``callback(step, images)`` every ``callback_every`` steps and after the last,
-        with the current pictures, so a panel can show the patterns emerging.
+    checkpoint: called as ``checkpoint(step / steps, pictures)`` every ``preview_every`` steps and after the
+        last, with the current pictures (CPU, in [0, 1]), so a panel can show the patterns emerging;
+        whatever it raises stops the optimisation and propagates.
     """
     check_model(model)
     name, module = resolve_layer(model, layer)
     indices = check_filters(filters, output_channels(model, name, module))
     size = check_positive_int(size, "size")
     steps = check_positive_int(steps, "steps")
-    callback_every = check_positive_int(callback_every, "callback_every")
+    preview_every = check_positive_int(preview_every, "preview_every")
     seed = check_int(seed, "seed")
     channels = input_channels(model) or 3
     mean, std = check_normalize(normalize, channels)
@@ -100,16 +105,21 @@ def filter_patterns(
     optimiser = torch.optim.Adam([picture.spectrum], lr=LEARNING_RATE)
     chosen = torch.tensor(indices, device=device)
     with probe(model, outputs=[(name, module)], differentiable=True, stop_early=True) as capture:
+
+        def layer_of(pictures: Tensor) -> Tensor:
+            capture.run((pictures - mean) / std)
+            return layer_output(capture.outputs, name, module)
+
+        field = receptive_field(layer_of, torch.rand(2, channels, size, size, generator=generator).to(device))
+        excitation = centre_units if field < CENTRE_UNIT_BELOW * size else filter_means
         for step in range(1, steps + 1):
-            transformed = random_transform(picture(), generator)
-            capture.run((transformed - mean) / std)
-            excitation = filter_means(layer_output(capture.outputs, name, module), chosen)
+            activations = layer_of(random_transform(picture(), generator))
             optimiser.zero_grad()
-            (-excitation.sum()).backward()
+            (-excitation(activations, chosen).sum()).backward()
             optimiser.step()
-            if callback is not None and (step % callback_every == 0 or step == steps):
+            if checkpoint is not None and (step % preview_every == 0 or step == steps):
                 with torch.no_grad():
-                    callback(step, picture().cpu())
+                    checkpoint(step / steps, picture().cpu())
     with torch.no_grad():
         return picture().cpu()
 
@@ -123,6 +133,33 @@ def output_channels(model: nn.Module, name: str, module: nn.Module) -> int:
     with probe(model, outputs=[(name, module)], stop_early=True) as capture:
         capture.run(torch.zeros(1, channels, 64, 64, device=model_device(model)))
     return layer_output(capture.outputs, name, module).shape[1]
+
+
+def receptive_field(layer_of: Callable[[Tensor], Tensor], pictures: Tensor) -> int:
+    """Side, in pixels, of the window of ``pictures`` the centre unit of the layer's maps reads.
+
+    Measured as the bounding box of the pixels its gradient reaches, summed over every channel and over
+    random pictures, so that a unit switched off by a ReLU on one picture does not shrink the window.
+    A layer without spatial maps (a linear layer) reads the whole picture.
+    """
+    pictures = pictures.requires_grad_(True)
+    activations = layer_of(pictures)
+    if activations.dim() != 4:
+        return pictures.shape[-1]
+    height, width = activations.shape[-2:]
+    (gradient,) = torch.autograd.grad(activations[:, :, height // 2, width // 2].sum(), pictures)
+    reached = gradient.abs().sum(dim=(0, 1)) > 0
+    rows, columns = reached.any(dim=1).nonzero(), reached.any(dim=0).nonzero()
+    if len(rows) == 0:
+        return 0
+    return int(max(rows.max() - rows.min(), columns.max() - columns.min())) + 1
+
+
+def centre_units(activations: Tensor, chosen: Tensor) -> Tensor:
+    """Row ``i``'s activation of filter ``chosen[i]`` at the centre of its map: ``(F,)``."""
+    rows = torch.arange(len(chosen), device=activations.device)
+    height, width = activations.shape[-2:]
+    return activations[rows, chosen, height // 2, width // 2]
 
 
 def filter_means(activations: Tensor, chosen: Tensor) -> Tensor:

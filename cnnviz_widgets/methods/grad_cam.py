@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..inputs import check_image, check_logits, check_model, check_target
+from ..inputs import check_image, check_model, check_target
 from ..layers import resolve_layer
+from ..outputs import OutputToLogits, check_output, logits_of
 from ..probe import probe
+from ..replica import borrow
 from .feature_maps import layer_output
 
 ChannelWeights = Callable[[Tensor, Tensor], Tensor]
@@ -26,24 +28,28 @@ def gradient_means(activations: Tensor, gradients: Tensor) -> Tensor:
     return gradients.mean(dim=(-2, -1), keepdim=True)
 
 
-def grad_cam(model: nn.Module, x: Tensor, layer, target, raw: bool = False) -> Tensor:
+def grad_cam(model: nn.Module, x: Tensor, layer, target, raw: bool = False, *, output=None) -> Tensor:
     """Grad-CAM of class ``target`` at ``layer`` for the image ``x``.
 
     raw=True: the ``(h, w)`` map ``ReLU(sum_c mean_hw(d y_target / d A_c) * A_c)`` at the layer's resolution.
     raw=False: that map resized bilinearly (align_corners=False) to the input's ``(H, W)`` and min-max
     scaled to [0, 1] (all zeros when the map is constant).
+    output: a callable from the model's output to its logits, for models whose forward returns something
+    else than a tensor, a tuple or an object with ``.logits``.
     """
-    return class_activation_map(model, x, layer, target, gradient_means, raw=raw)
+    return class_activation_map(model, x, layer, target, gradient_means, raw=raw, output=output)
 
 
 def class_activation_map(
-    model: nn.Module, x: Tensor, layer, target, channel_weights: ChannelWeights, raw: bool = False
+    model: nn.Module, x: Tensor, layer, target, channel_weights: ChannelWeights, raw: bool = False, output=None
 ) -> Tensor:
     """``ReLU(sum_c w_c * A_c)`` with ``w = channel_weights(A, dy_target/dA)``; see :func:`grad_cam`."""
     check_model(model)
-    name, module = resolve_layer(model, layer)
-    image = check_image(model, x)
-    activations, gradients = activations_and_gradients(model, image, name, module, target)
+    output = check_output(output)
+    name, _ = resolve_layer(model, layer)
+    with borrow(model) as replica:
+        image = check_image(replica, x)
+        activations, gradients = activations_and_gradients(replica, image, name, target, output)
     weights = channel_weights(activations, gradients)
     cam = torch.relu((weights * activations).sum(dim=0))
     if raw:
@@ -52,11 +58,12 @@ def class_activation_map(
 
 
 def activations_and_gradients(
-    model: nn.Module, image: Tensor, name: str, module: nn.Module, target
+    model: nn.Module, image: Tensor, name: str, target, output: OutputToLogits | None = None
 ) -> tuple[Tensor, Tensor]:
     """The layer's ``(C, h, w)`` activations for ``image`` and the target score's gradient with respect to them."""
+    module = model.get_submodule(name)
     with probe(model, outputs=[(name, module)], differentiable=True) as capture:
-        logits = check_logits(model, capture.run(image))
+        logits = logits_of(capture.run(image), output)
         index = check_target(target, logits.shape[1])
         activations = layer_output(capture.outputs, name, module)
         if activations.dim() != 4:

@@ -1,6 +1,6 @@
 """What every panel has: a caption, the shared controls, a message area, progress and stop, Save as PNG.
 
-A panel holds traits and wiring; it asks its :class:`~.context.ModelContext` for numbers and
+A panel holds traits and wiring; it asks its :class:`~cnnviz_widgets.session.Session` for numbers and
 :mod:`cnnviz_widgets.render` for pictures, and does both on its :class:`~.tasks.TaskRunner`'s thread.
 """
 
@@ -10,13 +10,15 @@ import functools
 import re
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import ipywidgets as widgets
 import traitlets
 
+from .. import render
+from ..session import Session
 from . import drawing
-from .context import ModelContext
 from .picture import ClickablePicture
 from .tasks import TaskRunner
 
@@ -51,10 +53,10 @@ class ImagePicker(widgets.VBox):
 
     index = traitlets.Int(0)
 
-    def __init__(self, context: ModelContext, page_size: int = PICKER_PAGE, **kwargs):
-        self.context = context
+    def __init__(self, session: Session, page_size: int = PICKER_PAGE, **kwargs):
+        self.session = session
         self.page_size = page_size
-        self._slots = [ClickablePicture(width=drawing.THUMBNAIL_SIDE) for _ in range(min(page_size, context.count))]
+        self._slots = [ClickablePicture(width=render.THUMBNAIL_SIDE) for _ in range(min(page_size, session.count))]
         for position, slot in enumerate(self._slots):
             slot.on_point(lambda x, y, kind, position=position: self._choose(position))
         self._page = 0
@@ -63,7 +65,7 @@ class ImagePicker(widgets.VBox):
         self.previous.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(1))
         self.label = widgets.HTML()
-        paging = [self.previous, self.next] if context.count > page_size else []
+        paging = [self.previous, self.next] if session.count > page_size else []
         row = widgets.HBox([*paging, *self._slots], layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         super().__init__([row, self.label], **kwargs)
         self.add_class("cnnviz-image-picker")
@@ -71,7 +73,7 @@ class ImagePicker(widgets.VBox):
 
     @property
     def pages(self) -> int:
-        return -(-self.context.count // self.page_size)
+        return -(-self.session.count // self.page_size)
 
     def _turn(self, step: int) -> None:
         self._page = (self._page + step) % self.pages
@@ -79,28 +81,28 @@ class ImagePicker(widgets.VBox):
 
     def _choose(self, position: int) -> None:
         index = self._page * self.page_size + position
-        if index < self.context.count:
+        if index < self.session.count:
             self.index = index
 
     def _show_page(self) -> None:
         start = self._page * self.page_size
         for position, slot in enumerate(self._slots):
             index = start + position
-            visible = index < self.context.count
+            visible = index < self.session.count
             slot.layout.visibility = "visible" if visible else "hidden"
             if visible:
-                slot.value = drawing.thumbnail(self.context.pictures[index])
-                slot.hint = self.context.names[index]
+                slot.value = render.thumbnail(self.session.pictures[index])
+                slot.hint = self.session.names[index]
                 slot.highlighted = index == self.index
         self._label()
 
     def _label(self) -> None:
-        name = self.context.names[self.index]
-        self.label.value = f"<span style='font-size:12px'>image <b>{drawing.escape(name)}</b> ({self.index + 1} of {self.context.count})</span>"
+        name = self.session.names[self.index]
+        self.label.value = f"<span style='font-size:12px'>image <b>{drawing.escape(name)}</b> ({self.index + 1} of {self.session.count})</span>"
 
     @traitlets.validate("index")
     def _check_index(self, proposal):
-        return self.context.check_index(proposal["value"])
+        return self.session.check_index(proposal["value"])
 
     @traitlets.observe("index")
     def _follow(self, change) -> None:
@@ -118,8 +120,8 @@ class ImagePicker(widgets.VBox):
 class ClassChooser(widgets.Dropdown):
     """Every class, most probable first for the current image, with names and percentages."""
 
-    def __init__(self, context: ModelContext, description: str = "class", **kwargs):
-        self.context = context
+    def __init__(self, session: Session, description: str = "class", **kwargs):
+        self.session = session
         kwargs.setdefault("layout", widgets.Layout(width="340px"))
         kwargs.setdefault("style", {"description_width": "initial"})
         super().__init__(description=description, **kwargs)
@@ -127,8 +129,8 @@ class ClassChooser(widgets.Dropdown):
 
     def rank_for(self, index: int, keep=None, rank: int = 0) -> None:
         """Reorder for image ``index``; keep class ``keep`` selected if given, else take the ``rank``-th most probable."""
-        ranked = self.context.ranked_classes(index)
-        names = self.context.class_names
+        ranked = self.session.ranked_classes(index)
+        names = self.session.class_names
         options = [(drawing.probability_label(names[k] if k < len(names) else f"class {k}", p), k) for k, p in ranked]
         value = keep if keep is not None else ranked[min(rank, len(ranked) - 1)][0]
         # New options reset the selection to the first one; the wanted class is set right after.
@@ -139,9 +141,9 @@ class ClassChooser(widgets.Dropdown):
 class LayerChooser(widgets.Dropdown):
     """The conv layers in forward order, each with its output shape."""
 
-    def __init__(self, context: ModelContext, description: str = "layer", **kwargs):
+    def __init__(self, session: Session, description: str = "layer", **kwargs):
         kwargs.setdefault("layout", widgets.Layout(width="420px"))
-        options = [(f"{name}  ({' × '.join(str(size) for size in shape)})", name) for name, shape in context.conv_layers()]
+        options = [(f"{name}  ({' × '.join(str(size) for size in shape)})", name) for name, shape in session.conv_layers()]
         super().__init__(options=options, description=description, **kwargs)
         self.add_class("cnnviz-layer-chooser")
 
@@ -167,10 +169,14 @@ class TaskBar(widgets.HBox):
 
 
 class Panel(widgets.VBox):
-    """Base of every panel: construct with a model and images, or with a shared ``context=``.
+    """Base of every panel: construct with a model and images, or with a shared ``session=``.
 
     images: pictures (PIL or uint8 arrays; a list or a ``{name: picture}`` dict) or a tensor ``(N, C, H, W)``.
     preprocess: picture -> model input, e.g. ``weights.transforms()``.
+    output: a callable from the model's output to its logits, for models that return something else than a
+        tensor, a tuple or an object with ``.logits``.
+    The panel computes on a private replica of the model, never on the model itself; when the model's
+    weights change (the user trains it), the panel says so and recomputes what it shows.
     active: whether the panel is on screen; the dashboard keeps hidden tabs inactive (see :meth:`set_active`).
     Errors show in the panel (``error`` holds the message); ``save(path)`` writes the view as PNG.
     """
@@ -179,13 +185,17 @@ class Panel(widgets.VBox):
     caption = ""
     image = traitlets.Int(0, help="index of the current image")
 
-    def __init__(self, model=None, images=None, preprocess=None, class_names=None, labels=None, *, context=None, active=True):
-        if context is None:
+    def __init__(
+        self, model=None, images=None, preprocess=None, class_names=None, labels=None, *, output=None, session=None, active=True
+    ):
+        self._owns_session = session is None
+        if session is None:
             if model is None or images is None:
-                raise TypeError(f"{type(self).__name__}: give a model and images (or a shared context=)")
-            context = ModelContext(model, images, preprocess=preprocess, class_names=class_names, labels=labels)
-        self.context = context
+                raise TypeError(f"{type(self).__name__}: give a model and images (or a shared session=)")
+            session = Session(model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output)
+        self.session = session
         self.message = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.note = widgets.HTML(layout=widgets.Layout(display="none"))
         self.task_bar = TaskBar()
         self.save_button = widgets.Button(description="Save PNG", icon="download", tooltip="save the view as a PNG file")
         self.saved = widgets.HTML()
@@ -204,10 +214,29 @@ class Panel(widgets.VBox):
             f"<div style='font-size:14px'><b>{drawing.escape(self.title)}</b> — {drawing.escape(self.caption)}</div>"
         )
         footer = widgets.HBox([self.save_button, self.saved], layout=widgets.Layout(align_items="center"))
-        super().__init__([header, *self._build(), self.task_bar, self.message, footer])
+        super().__init__([header, *self._build(), self.task_bar, self.note, self.message, footer])
         self.add_class("cnnviz-panel")
         self.add_class(f"cnnviz-panel-{self.slug}")
         self._start()
+        if self._owns_session:
+            self.session.watch(self.weights_changed)
+
+    def weights_changed(self, generation: int) -> None:
+        """The user's model has new weights: say so, and recompute what the panel shows."""
+        self.note.value = (
+            "<div class='cnnviz-note' style='background:#e3f2fd;color:#0d47a1;padding:4px 10px;font-size:12px'>"
+            f"the model's weights changed (update {generation}): the views were recomputed</div>"
+        )
+        self.note.layout.display = "block"
+        self.recompute()
+
+    def recompute(self) -> None:
+        """Compute again everything shown (after the model changed)."""
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Compute the panel's view for its current settings."""
+        raise NotImplementedError
 
     def _build(self) -> list[widgets.Widget]:
         """The panel's own controls and views, top to bottom."""
@@ -296,9 +325,13 @@ class Panel(widgets.VBox):
         return self.wait(timeout) and self.prefetcher.wait(timeout)
 
     def show_error(self, error: BaseException) -> None:
+        """Show ``error`` in the panel: its message, and its traceback folded under it."""
+        details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         self.message.value = (
-            "<div style='background:#fdecea;color:#b71c1c;border-left:4px solid #b71c1c;padding:6px 10px;font-size:13px'>"
-            f"{drawing.escape(readable(error))}</div>"
+            "<div class='cnnviz-error' style='background:#fdecea;color:#b71c1c;border-left:4px solid #b71c1c;padding:6px 10px;font-size:13px'>"
+            f"{drawing.escape(readable(error))}"
+            "<details style='font-size:11px;color:#555'><summary>details</summary>"
+            f"<pre style='white-space:pre-wrap;margin:0'>{drawing.escape(details)}</pre></details></div>"
         )
         self.message.layout.display = "block"
 
@@ -309,13 +342,26 @@ class Panel(widgets.VBox):
 
     @property
     def error(self) -> str:
-        """The message shown in the panel, or '' when all is well."""
+        """The message shown in the panel (HTML, traceback included), or '' when all is well."""
         return "" if self.message.layout.display == "none" else self.message.value
+
+    def close(self) -> None:
+        """Stop the panel's threads and child processes, free its caches, and close the widget."""
+        for runner in (self.prefetcher, self.runner, self.long_runner):
+            runner.close()
+        if self._owns_session:
+            self.session.close()
+        super().close()
+
+    @property
+    def threads_alive(self) -> bool:
+        """Whether any of the panel's worker threads still runs."""
+        return any(runner.alive for runner in (self.prefetcher, self.runner, self.long_runner))
 
     def save(self, path=None) -> Path:
         """Write what the panel shows to ``path`` (default: ``<panel>-<image>.png`` here) and return the path."""
         if path is None:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.context.names[self.image])
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.session.names[self.image])
             path = f"{self.slug}-{name}.png"
         picture = self.picture()
         if not picture:
@@ -339,20 +385,20 @@ class Panel(widgets.VBox):
 
     @traitlets.validate("image")
     def _check_image(self, proposal):
-        return self.context.check_index(proposal["value"])
+        return self.session.check_index(proposal["value"])
 
     def check_target(self, target: int) -> int:
         """A class index of the model; anything else raises a TraitError giving the valid range."""
-        if not 0 <= target < self.context.num_classes:
-            raise traitlets.TraitError(f"target: class {target} out of range 0..{self.context.num_classes - 1}")
+        if not 0 <= target < self.session.num_classes:
+            raise traitlets.TraitError(f"target: class {target} out of range 0..{self.session.num_classes - 1}")
         return target
 
     def check_layer(self, layer) -> str:
         """A conv layer's dotted name; anything else raises a TraitError naming the closest layers."""
         try:
-            name = self.context.layer_name(layer)
+            name = self.session.layer_name(layer)
         except (TypeError, ValueError) as error:
             raise traitlets.TraitError(str(error)) from None
-        if name not in dict(self.context.conv_layers()):
+        if name not in dict(self.session.conv_layers()):
             raise traitlets.TraitError(f"layer: {name!r} is not a conv layer of the model; choose one from the layer list")
         return name

@@ -6,7 +6,7 @@ import ipywidgets as widgets
 import traitlets
 
 from . import drawing
-from .context import ModelContext
+from ..session import Session
 from .feature_maps import FeatureMapPanel
 from .filters import FiltersPanel
 from .heatmaps import GradCAMPanel, GuidedBackpropPanel
@@ -21,11 +21,11 @@ class Dashboard(widgets.VBox):
 
     image = traitlets.Int(0, help="index of the current image, shared by every tab")
     target = traitlets.Int(0, help="the class explained, shared by Grad-CAM, guided backprop and occlusion")
-    layer = traitlets.Unicode(help="the conv layer shown by feature maps, filters, Grad-CAM and guided backprop")
+    layer = traitlets.Unicode(help="the conv layer Grad-CAM and guided Grad-CAM explain (feature maps and filters keep their own)")
 
-    def __init__(self, model, images, labels=None, class_names=None, preprocess=None):
-        self.context = ModelContext(model, images, preprocess=preprocess, class_names=class_names, labels=labels)
-        shared = dict(context=self.context, active=False)
+    def __init__(self, model, images, labels=None, class_names=None, preprocess=None, *, output=None):
+        self.session = Session(model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output)
+        shared = dict(session=self.session, active=False)
         self.panels = {}
         if labels is not None:
             self.panels["Mistakes"] = MistakesPanel(**shared)
@@ -39,11 +39,12 @@ class Dashboard(widgets.VBox):
         self.current = widgets.HTML()
         super().__init__([self.current, self.tabs])
         self.add_class("cnnviz-dashboard")
-        self.layer = self.context.default_layer()
+        self.layer = self.session.heatmap_layer()
         for panel in self.panels.values():
             traitlets.link((self, "image"), (panel, "image"))
-            if "layer" in panel.trait_names():
-                traitlets.link((self, "layer"), (panel, "layer"))
+        # Early layers teach most in Feature maps and Filters, the last one in Grad-CAM: only the heatmaps share.
+        for panel in (self.panels["Grad-CAM"], self.panels["Guided backprop"]):
+            traitlets.link((self, "layer"), (panel, "layer"))
         grad_cam = self.panels["Grad-CAM"]
         self.target = grad_cam.target
         for panel in self.panels.values():
@@ -55,6 +56,19 @@ class Dashboard(widgets.VBox):
         self.tabs.observe(self._tab_shown, "selected_index")
         self._tab_shown(None)
         self._describe()
+        self.session.watch(self._weights_changed)
+
+    def _weights_changed(self, generation: int) -> None:
+        for panel in self.panels.values():
+            panel.weights_changed(generation)
+        self._describe()
+
+    def close(self) -> None:
+        """Stop every panel's threads and child processes, free the caches, close the widgets."""
+        for panel in self.panels.values():
+            panel.close()
+        self.session.close()
+        super().close()
 
     @property
     def grad_cam(self) -> GradCAMPanel:
@@ -68,22 +82,22 @@ class Dashboard(widgets.VBox):
     @traitlets.observe("image")
     def _image_changed(self, change) -> None:
         # Each class-driven panel switches to the new image's most probable class.
-        self.target = self.grad_cam.target
+        self.target = self.session.ranked_classes(change["new"])[0][0]
         self._describe()
 
     def _describe(self) -> None:
         try:
-            ranked = self.context.ranked_classes(self.image)
+            ranked = self.session.ranked_classes(self.image)
         except Exception:  # noqa: BLE001 - the tabs show the message; the header just stays quiet
-            self.current.value = f"<div style='font-size:13px;padding:4px 0'>current image <b>{drawing.escape(self.context.names[self.image])}</b></div>"
+            self.current.value = f"<div style='font-size:13px;padding:4px 0'>current image <b>{drawing.escape(self.session.names[self.image])}</b></div>"
             return
         top, probability = ranked[0]
-        names = self.context.class_names
+        names = self.session.class_names
         truth = ""
-        if self.context.labels is not None:
-            truth = f" · true class <b>{drawing.escape(names[self.context.labels[self.image]])}</b>"
+        if self.session.labels is not None:
+            truth = f" · true class <b>{drawing.escape(names[self.session.labels[self.image]])}</b>"
         self.current.value = (
-            f"<div style='font-size:13px;padding:4px 0'>current image <b>{drawing.escape(self.context.names[self.image])}</b>"
+            f"<div style='font-size:13px;padding:4px 0'>current image <b>{drawing.escape(self.session.names[self.image])}</b>"
             f"{truth} · the model says <b>{drawing.escape(drawing.probability_label(names[top], probability))}</b></div>"
         )
 
@@ -96,11 +110,15 @@ class Dashboard(widgets.VBox):
         return all(panel.wait_prefetched(timeout) for panel in self.panels.values())
 
 
-def explore(model, images, labels=None, class_names=None, preprocess=None) -> Dashboard:
+def explore(model, images, labels=None, class_names=None, preprocess=None, *, output=None) -> Dashboard:
     """Every view of ``model`` on ``images`` in one dashboard (see :class:`Dashboard`).
 
     images: pictures (PIL images or uint8 arrays, a list or a ``{name: picture}`` dict) or a tensor
         ``(N, C, H, W)`` of model inputs; labels: their true classes (enables the mistakes view);
-        preprocess: picture -> model input, e.g. ``weights.transforms()``.
+        preprocess: picture -> model input, e.g. ``weights.transforms()``;
+        output: a callable from the model's output to its logits, for models returning something else
+        than a tensor, a tuple or an object with ``.logits``.
+    The dashboard computes on a private replica of the model: the model itself is never touched, and
+    when its weights change (the user trains it) the views are recomputed.
     """
-    return Dashboard(model, images, labels=labels, class_names=class_names, preprocess=preprocess)
+    return Dashboard(model, images, labels=labels, class_names=class_names, preprocess=preprocess, output=output)

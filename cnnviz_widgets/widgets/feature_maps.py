@@ -8,7 +8,7 @@ import traitlets
 from .. import render
 from . import drawing
 from .base import ImagePicker, LayerChooser, Panel
-from .context import LRUCache
+from ..session import LRUCache
 from .picture import ClickablePicture
 
 MAPS_PER_PAGE = 64
@@ -27,8 +27,8 @@ class FeatureMapPanel(Panel):
     channel = traitlets.Int(0, help="the map shown enlarged")
 
     def _build(self):
-        self.picker = ImagePicker(self.context)
-        self.layer_chooser = LayerChooser(self.context)
+        self.picker = ImagePicker(self.session)
+        self.layer_chooser = LayerChooser(self.session)
         self.scaling = widgets.ToggleButtons(
             options=[("each map its own scale", "per_map"), ("one scale for all", "shared")],
             value="per_map",
@@ -57,7 +57,7 @@ class FeatureMapPanel(Panel):
         return [self.picker, widgets.HBox([self.layer_chooser, self.cmap]), widgets.HBox([self.scaling, self.page]), views]
 
     def _start(self) -> None:
-        self.layer = self.context.conv_layers()[0][0]
+        self.layer = self.session.conv_layers()[0][0]
         widgets.link((self.picker, "index"), (self, "image"))
         widgets.link((self, "layer"), (self.layer_chooser, "value"))
         self.refresh()
@@ -68,7 +68,7 @@ class FeatureMapPanel(Panel):
 
     @traitlets.observe("image", "layer")
     def _source_changed(self, change) -> None:
-        channels = dict(self.context.conv_layers())[self.layer][0] if self.layer else 0
+        channels = dict(self.session.conv_layers())[self.layer][0] if self.layer else 0
         pages = max(0, (channels - 1) // MAPS_PER_PAGE)
         # The controls below each ask for a refresh when they change; one refresh, at the end, is enough.
         self._settling = True
@@ -98,16 +98,16 @@ class FeatureMapPanel(Panel):
         image, layer, scaling, cmap, first, channel = key
 
         def compute():
-            maps = self.context.feature_maps(image, layer)
+            maps = self.session.feature_maps(image, layer)
             shown = maps[first : first + MAPS_PER_PAGE]
-            grid, _ = drawing.feature_grid(shown, scaling, cmap)
+            grid, _ = render.feature_grid(shown, scaling, cmap)
             low, high = (float(shown.min()), float(shown.max())) if scaling == "shared" else (None, None)
             single = maps[min(channel, len(maps) - 1)]
             return {
                 "key": key,
                 "maps": maps,
                 "grid": render.to_png(grid),
-                "zoomed": render.to_png(drawing.enlarged_map(single, cmap, low=low, high=high)),
+                "zoomed": render.to_png(render.enlarged_map(single, cmap, low=low, high=high)),
                 "count": len(maps),
                 "first": first,
                 "shown": len(shown),
@@ -115,13 +115,13 @@ class FeatureMapPanel(Panel):
                 "range": (float(single.min()), float(single.max())),
             }
 
-        return self._pictures.get(key, compute)
+        return self._pictures.get((self.session.generation, *key), compute)
 
     def _show(self, result) -> None:
         image, _, scaling, cmap, _, _ = result["key"]
         # The other layers of this image, in the current options, drawn ahead: a layer change is then instant.
         self.prefetch(
-            [lambda name=name: self._render((image, name, scaling, cmap, 0, 0)) for name, _ in self.context.conv_layers()]
+            [lambda name=name: self._render((image, name, scaling, cmap, 0, 0)) for name, _ in self.session.conv_layers()]
         )
         self._shown = result["key"]
         self.maps = result["maps"]
@@ -143,9 +143,9 @@ class FeatureMapPanel(Panel):
         if self._shown is None:
             return
         first = self._shown[4]
-        count = dict(self.context.conv_layers())[self.layer][0]
+        count = dict(self.session.conv_layers())[self.layer][0]
         shown = min(MAPS_PER_PAGE, count - first)
-        tile = drawing.tile_at(x, y, shown, drawing.MAP_COLUMNS)
+        tile = drawing.tile_at(x, y, shown, render.MAP_COLUMNS)
         if tile is not None:
             self.channel = first + tile
 

@@ -6,7 +6,7 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-from .. import methods, render
+from .. import render
 from . import drawing
 from .base import LayerChooser, Panel
 
@@ -29,7 +29,7 @@ class FiltersPanel(Panel):
     layer = traitlets.Unicode()
 
     def _build(self):
-        self.layer_chooser = LayerChooser(self.context)
+        self.layer_chooser = LayerChooser(self.session)
         self.first = widgets.IntSlider(value=0, min=0, max=0, description="first filter", layout=widgets.Layout(width="360px"))
         self.count = widgets.IntSlider(value=8, min=1, max=16, description="how many", layout=widgets.Layout(width="300px"))
         self.weights_view = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", object_fit="contain"))
@@ -43,7 +43,6 @@ class FiltersPanel(Panel):
         self.find.add_class("cnnviz-find-patterns")
         self._weights_picture: np.ndarray | None = None
         self._patterns_picture: np.ndarray | None = None
-        self.normalize = drawing.normalization_of(self.context.preprocess)
         return [
             self.layer_chooser,
             widgets.HBox([self.first, self.count]),
@@ -55,7 +54,7 @@ class FiltersPanel(Panel):
         ]
 
     def _start(self) -> None:
-        self.layer = self.context.conv_layers()[0][0]
+        self.layer = self.session.conv_layers()[0][0]
         widgets.link((self, "layer"), (self.layer_chooser, "value"))
         self.first.observe(lambda _: self.refresh(), "value")
         self.count.observe(lambda _: self.refresh(), "value")
@@ -68,7 +67,7 @@ class FiltersPanel(Panel):
         return self.check_layer(proposal["value"])
 
     def _on_layer(self, change) -> None:
-        filters = dict(self.context.conv_layers())[self.layer][0]
+        filters = dict(self.session.conv_layers())[self.layer][0]
         with self.hold_trait_notifications():
             self.first.max = max(0, filters - 1)
             self.count.max = min(16, filters)
@@ -76,7 +75,7 @@ class FiltersPanel(Panel):
         self.refresh()
 
     def filters(self) -> list[int]:
-        total = dict(self.context.conv_layers())[self.layer][0]
+        total = dict(self.session.conv_layers())[self.layer][0]
         return list(range(self.first.value, min(self.first.value + self.count.value, total)))
 
     def refresh(self) -> None:
@@ -86,7 +85,7 @@ class FiltersPanel(Panel):
 
     def _weights(self, key):
         layer, filters = key
-        weights = self.context.filter_weights(layer)[list(filters)]
+        weights = self.session.filter_weights(layer)[list(filters)]
         inputs = weights.shape[1]
         if inputs == 1:
             # One input channel (depthwise or greyscale): a single row of tiles, one per filter, reads best.
@@ -121,15 +120,13 @@ class FiltersPanel(Panel):
     def _grow(self, task, key):
         layer, filters, steps = key
 
-        def emerging(step, patterns) -> None:
-            task.checkpoint(step / steps)
-            self._apply(self._show_patterns, (key, step, patterns))
+        def emerging(fraction, patterns=None) -> None:
+            task.checkpoint(fraction)
+            if patterns is not None:
+                self._apply(self._show_patterns, (key, round(fraction * steps), patterns))
 
-        with self.context.worker_lock:
-            task.checkpoint(0.0)
-            patterns = methods.filter_patterns(
-                self.context.worker_model, layer, list(filters), size=PATTERN_SIDE, steps=steps, normalize=self.normalize, callback=emerging
-            )
+        task.checkpoint(0.0)
+        patterns = self.session.filter_patterns(layer, list(filters), PATTERN_SIDE, steps, checkpoint=emerging)
         return key, steps, patterns
 
     def _show_patterns(self, result) -> None:

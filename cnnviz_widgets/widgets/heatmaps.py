@@ -9,7 +9,7 @@ import traitlets
 from .. import render
 from . import drawing
 from .base import COLORMAPS, ClassChooser, ImagePicker, LayerChooser, Panel, shows_errors
-from .context import LRUCache
+from ..session import LRUCache
 
 # Grad-CAMs of this many most probable classes are computed ahead, so switching among them is instant.
 PREFETCH_CLASSES = 10
@@ -25,14 +25,14 @@ class _ClassPanel(Panel):
     target = traitlets.Int(0, help="the class explained")
 
     def _common_controls(self):
-        self.picker = ImagePicker(self.context)
-        self.layer_chooser = LayerChooser(self.context)
-        self.class_chooser = ClassChooser(self.context, description="class")
+        self.picker = ImagePicker(self.session)
+        self.layer_chooser = LayerChooser(self.session)
+        self.class_chooser = ClassChooser(self.session, description="class")
         self._rendered = LRUCache(RENDERED_VIEWS)
         self._pictures: list[np.ndarray] = []
 
     def _link_common(self) -> None:
-        self.layer = self.context.default_layer()
+        self.layer = self.session.heatmap_layer()
         self.class_chooser.rank_for(self.image)
         self.target = self.class_chooser.value
         widgets.link((self.picker, "index"), (self, "image"))
@@ -52,7 +52,7 @@ class _ClassPanel(Panel):
         self.class_chooser.rank_for(self.image)
 
     def picture(self) -> bytes:
-        return render.to_png(drawing.side_by_side(self._pictures)) if self._pictures else b""
+        return render.to_png(render.side_by_side(self._pictures)) if self._pictures else b""
 
 
 class GradCAMPanel(_ClassPanel):
@@ -64,7 +64,7 @@ class GradCAMPanel(_ClassPanel):
 
     def _build(self):
         self._common_controls()
-        self.second_chooser = ClassChooser(self.context, description="compare with")
+        self.second_chooser = ClassChooser(self.session, description="compare with")
         self.opacity = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity", layout=widgets.Layout(width="300px"))
         self.cmap = widgets.Dropdown(options=COLORMAPS, value="jet", description="colours", layout=widgets.Layout(width="200px"))
         self.left = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
@@ -110,24 +110,24 @@ class GradCAMPanel(_ClassPanel):
 
     def _overlay(self, image, layer, target, opacity, cmap) -> tuple[bytes, np.ndarray]:
         def compute():
-            cam = self.context.grad_cam(image, layer, target)
-            picture = render.overlay(self.context.view(image), cam, alpha=opacity, cmap=cmap)
+            cam = self.session.grad_cam(image, layer, target)
+            picture = render.overlay(self.session.view(image), cam, alpha=opacity, cmap=cmap)
             return render.to_png(picture), picture
 
-        return self._rendered.get((image, layer, target, opacity, cmap), compute)
+        return self._rendered.get((self.session.generation, image, layer, target, opacity, cmap), compute)
 
     def _render(self, key):
         image, layer, target, second, opacity, cmap = key
-        probabilities = self.context.probabilities(image)
+        probabilities = self.session.probabilities(image)
         sides = [self._overlay(image, layer, k, opacity, cmap) for k in (target, second)]
-        names = self.context.class_names
+        names = self.session.class_names
         labels = [drawing.probability_label(names[k], probabilities[k]) for k in (target, second)]
         return key, sides, labels
 
     def _show(self, result) -> None:
         key, ((left_png, left), (right_png, right)), (left_label, right_label) = result
         image, layer, _, _, opacity, cmap = key
-        likely = [k for k, _ in self.context.ranked_classes(image)[:PREFETCH_CLASSES]]
+        likely = [k for k, _ in self.session.ranked_classes(image)[:PREFETCH_CLASSES]]
         self.prefetch([lambda k=k: self._overlay(image, layer, k, opacity, cmap) for k in likely])
         self.left.value, self.right.value = left_png, right_png
         self._pictures = [left, right]
@@ -176,21 +176,21 @@ class GuidedBackpropPanel(_ClassPanel):
     def _render(self, key):
         def compute():
             image, layer, target = key
-            view = self.context.view(image)
-            guided = render.gradient_image(self.context.guided_backprop(image, target))
-            guided_cam = render.gradient_image(self.context.guided_grad_cam(image, layer, target))
+            view = self.session.view(image)
+            guided = render.gradient_image(self.session.guided_backprop(image, target))
+            guided_cam = render.gradient_image(self.session.guided_grad_cam(image, layer, target))
             pictures = [view, guided, guided_cam]
             return key, [render.to_png(picture) for picture in pictures], pictures
 
-        return self._rendered.get(key, compute)
+        return self._rendered.get((self.session.generation, *key), compute)
 
     def _show(self, result) -> None:
         key, pngs, pictures = result
         self.original.value, self.guided.value, self.guided_cam.value = pngs
         self._pictures = pictures
         image, layer, target = key
-        probability = self.context.probabilities(image)[target]
-        name = self.context.class_names[target]
+        probability = self.session.probabilities(image)[target]
+        name = self.session.class_names[target]
         self.class_label.value = (
             f"<span style='font-size:13px'>explaining <b>{drawing.escape(drawing.probability_label(name, probability))}</b>; "
             f"guided Grad-CAM uses the heatmap of {drawing.escape(layer)}</span>"

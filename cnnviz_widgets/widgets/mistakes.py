@@ -10,7 +10,6 @@ from . import drawing
 from .base import Panel
 from .charts import ConfusionMatrix
 from .picture import ClickablePicture
-from .tasks import Interruptible
 
 GALLERY_PAGE = 24
 GALLERY_SIDE = 72
@@ -48,6 +47,7 @@ class MistakesPanel(Panel):
         )
         self.gallery.add_class("cnnviz-mistakes-gallery")
         self.evaluation = None
+        self._settling = False
         self.matrix: ConfusionMatrix | None = None
         self._shown: np.ndarray = np.zeros(0, dtype=np.int64)
         self._page = 0
@@ -60,39 +60,51 @@ class MistakesPanel(Panel):
         self.previous.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(1))
         self.observe(lambda _: self._highlight(), "image")
-        if self.context.labels is None:
+        for control in (self.true_class, self.predicted_class, self.order):
+            control.observe(lambda _: self._filter(), "value")
+        if self.session.labels is None:
             self.show_error(ValueError("labels: the mistakes view needs the true class of each image; pass labels="))
             return
-        self.request_long(f"classifying {self.context.count} images…", self._evaluate, self._show_evaluation)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Classify every image (on the model's replica) and show the matrix and the gallery."""
+        self.request_long(f"classifying {self.session.count} images…", self._evaluate, self._show_evaluation)
 
     def _evaluate(self, task):
-        with self.context.worker_lock:
-            model = Interruptible(self.context.worker_model, task, total_images=self.context.count)
-            return self.context.evaluation(model)
+        return self.session.evaluation(task.checkpoint)
 
     def _show_evaluation(self, evaluation) -> None:
         self.evaluation = evaluation
-        names = self.context.class_names
+        names = self.session.class_names
         choices = [("all", ALL)] + [(name, k) for k, name in enumerate(names)]
-        self.true_class.options = choices
-        self.predicted_class.options = choices
-        self.true_class.value = self.predicted_class.value = ALL
+        # One _filter at the end, not one per control: the controls' own observers wait.
+        self._settling = True
+        try:
+            self.true_class.options = choices
+            self.predicted_class.options = choices
+            self.true_class.value = self.predicted_class.value = ALL
+        finally:
+            self._settling = False
         self.matrix = ConfusionMatrix(evaluation.confusion, names)
         self.matrix_box.children = [self.matrix]
         self.matrix.observe(self._cell_chosen, "selection")
-        for control in (self.true_class, self.predicted_class, self.order):
-            control.observe(lambda _: self._filter(), "value")
         self._filter()
 
     def _cell_chosen(self, change) -> None:
         cell = change["new"]
         true, predicted = (ALL, ALL) if cell is None else cell
-        with self.hold_trait_notifications():
+        self._settling = True
+        try:
             self.true_class.value = true
             self.predicted_class.value = predicted
+        finally:
+            self._settling = False
         self._filter()
 
     def _filter(self) -> None:
+        if self._settling or self.evaluation is None:
+            return
         true = None if self.true_class.value in (None, ALL) else self.true_class.value
         predicted = None if self.predicted_class.value in (None, ALL) else self.predicted_class.value
         shown = self.evaluation.mistakes(true=true, predicted=predicted)
@@ -106,7 +118,7 @@ class MistakesPanel(Panel):
         self._draw()
 
     def _draw(self) -> None:
-        evaluation, names = self.evaluation, self.context.class_names
+        evaluation, names = self.evaluation, self.session.class_names
         start = self._page * GALLERY_PAGE
         page = self._shown[start : start + GALLERY_PAGE]
         with self.hold_sync():
@@ -114,8 +126,8 @@ class MistakesPanel(Panel):
                 if index is None:
                     card.layout.display = "none"
                     continue
-                slot.value = drawing.thumbnail(self.context.pictures[index], GALLERY_SIDE)
-                slot.hint = f"image {self.context.names[index]}"
+                slot.value = render.thumbnail(self.session.pictures[index], GALLERY_SIDE)
+                slot.hint = f"image {self.session.names[index]}"
                 slot.highlighted = int(index) == self.image
                 caption.value = (
                     "<div style='font-size:11px;line-height:1.3;text-align:center'>"
@@ -153,5 +165,5 @@ class MistakesPanel(Panel):
         page = self._shown[start : start + GALLERY_PAGE]
         if not len(page):
             return b""
-        tiles = np.stack([render.resize(render.to_rgb(self.context.pictures[i]), GALLERY_SIDE, GALLERY_SIDE) for i in page])
+        tiles = np.stack([render.resize(render.to_rgb(self.session.pictures[i]), GALLERY_SIDE, GALLERY_SIDE) for i in page])
         return render.to_png(render.arrange(tiles, columns=6, padding=4))

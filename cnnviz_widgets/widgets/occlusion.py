@@ -6,8 +6,8 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-from .. import methods, render
-from ..methods.occlusion import forward_occluded, window_boxes
+from .. import render
+from ..methods.occlusion import window_boxes
 from . import drawing
 from .base import ClassChooser, ImagePicker, Panel, shows_errors
 from .heatmaps import PICTURE_LAYOUT
@@ -29,17 +29,17 @@ class OcclusionPanel(Panel):
     target = traitlets.Int(0, help="the class whose probability is watched")
 
     def _build(self):
-        self.picker = ImagePicker(self.context)
-        self.class_chooser = ClassChooser(self.context)
-        size = min(self.context.input(0).shape[-2:])
+        self.picker = ImagePicker(self.session)
+        self.class_chooser = ClassChooser(self.session)
+        size = min(self.session.input(0).shape[-2:])
         self.window = widgets.IntSlider(value=max(2, size // 7), min=2, max=max(2, size // 2), description="patch size", layout=widgets.Layout(width="320px"))
         # A step longer than the patch would leave pixels never hidden: the step slider ends at the patch size.
         self.stride = widgets.IntSlider(value=max(1, size // 8), min=1, max=self.window.value, description="step", layout=widgets.Layout(width="320px"))
-        self.baseline = widgets.Dropdown(options=drawing.BASELINES, value="black", description="patch fill", layout=widgets.Layout(width="220px"))
+        self.baseline = widgets.Dropdown(options=render.PATCH_FILLS, value="black", description="patch fill", layout=widgets.Layout(width="220px"))
         self.cmap = "viridis"
         self.scores_view = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
         self.attribution_view = widgets.Image(format="png", layout=widgets.Layout(**PICTURE_LAYOUT))
-        self.colour_bar = widgets.Image(value=render.to_png(drawing.colour_bar(self.cmap)), format="png", layout=widgets.Layout(width="280px", height="12px"))
+        self.colour_bar = widgets.Image(value=render.to_png(render.colour_bar(self.cmap)), format="png", layout=widgets.Layout(width="280px", height="12px"))
         self.scores_label, self.attribution_label = widgets.HTML(), widgets.HTML()
         self.live_view = ClickablePicture(width=280, drag=True)
         self.live_view.on_point(self._moved)
@@ -98,32 +98,17 @@ class OcclusionPanel(Panel):
 
     def _positions(self, key) -> int:
         _, _, window, stride, _ = key
-        height, width = self.context.input(key[0]).shape[-2:]
+        height, width = self.session.input(key[0]).shape[-2:]
         _, rows, cols = window_boxes(height, width, (min(window, height), min(window, width)), (stride, stride))
         return rows * cols
 
     def _occlude(self, task, key):
         image, target, window, stride, kind = key
-        x = self.context.input(image)
-        fill = self.context.baseline(image, kind)
-        total = self._positions(key)
-        done = 0
-
-        def forward(model, picture, baseline, boxes):
-            nonlocal done
-            task.checkpoint(done / total)
-            logits = forward_occluded(model, picture, baseline, boxes)
-            done += len(boxes)
-            return logits
-
-        with self.context.worker_lock:
-            task.checkpoint(0.0)
-            result = methods.occlusion(
-                self.context.worker_model, x, target, window, stride, fill, batch_size=OCCLUSION_BATCH, forward=forward
-            )
+        task.checkpoint(0.0)
+        result = self.session.occlusion(image, target, window, stride, kind, task.checkpoint, batch_size=OCCLUSION_BATCH)
         task.checkpoint(1.0)
-        view = self.context.view(image)
-        scores_picture = drawing.scores_picture(result.scores, self.cmap, side=max(view.shape[:2]))
+        view = self.session.view(image)
+        scores_picture = render.scores_picture(result.scores, self.cmap, side=max(view.shape[:2]))
         importance = render.scale_to_unit(np.clip(result.attribution.numpy(), 0.0, None))
         attribution_picture = render.overlay(view, importance, alpha=0.55, cmap="jet")
         return key, result, scores_picture, attribution_picture
@@ -135,7 +120,7 @@ class OcclusionPanel(Panel):
         self.scores_view.value = render.to_png(scores_picture)
         self.attribution_view.value = render.to_png(attribution_picture)
         rows, cols = result.scores.shape
-        name = self.context.class_names[key[1]]
+        name = self.session.class_names[key[1]]
         low, high = float(result.scores.min()), float(result.scores.max())
         self.scores_label.value = (
             f"<span style='font-size:12px'>p({drawing.escape(name)}) with the patch at each of {rows}×{cols} places: "
@@ -157,18 +142,18 @@ class OcclusionPanel(Panel):
 
     def _live(self, key):
         image, target, window, kind, patch = key
-        view = self.context.view(image)
-        x = self.context.input(image)
+        view = self.session.view(image)
+        x = self.session.input(image)
         if patch is None:
             picture, occluded_input = view, x
         else:
             box = drawing.patch_box(*patch, window, *x.shape[-2:])
-            occluded_input = drawing.occluded(x, self.context.baseline(image, kind), box)
+            occluded_input = render.occluded(x, self.session.baseline(image, kind), box)
             view_box = drawing.patch_box(*patch, round(window * view.shape[0] / x.shape[-2]), *view.shape[:2])
-            picture = drawing.outlined(drawing.occluded(view, drawing.baseline_view(view, kind), view_box), view_box)
-        probabilities = self.context.predict(occluded_input)
-        intact = self.context.probabilities(image)
-        names = self.context.class_names
+            picture = render.outlined(render.occluded(view, render.baseline_view(view, kind), view_box), view_box)
+        probabilities = self.session.predict(occluded_input)
+        intact = self.session.probabilities(image)
+        names = self.session.class_names
         top = np.argsort(-probabilities, kind="stable")[:LIVE_TOP_K]
         ranked = [(names[k], float(probabilities[k])) for k in top]
         if target not in top:
@@ -183,4 +168,4 @@ class OcclusionPanel(Panel):
 
     def picture(self) -> bytes:
         shown = [p for p in (self._scores_picture, self._attribution_picture, self._live_picture) if p is not None]
-        return render.to_png(drawing.side_by_side(shown)) if shown else b""
+        return render.to_png(render.side_by_side(shown)) if shown else b""

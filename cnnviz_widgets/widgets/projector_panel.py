@@ -7,11 +7,10 @@ import numpy as np
 
 from .. import render
 from ..projection_process import ProjectionProcess
-from . import drawing, scatter_data
+from . import drawing
 from .base import Panel
-from .context import LRUCache
+from ..session import LRUCache
 from .scatter3d import Scatter3D
-from .tasks import Interruptible
 
 PENULTIMATE = "(classifier input)"
 
@@ -24,7 +23,7 @@ class ProjectorPanel(Panel):
 
     def _build(self):
         layers = [(f"{PENULTIMATE}", PENULTIMATE)] + [
-            (f"{name}  (mean of {shape[0]} maps)", name) for name, shape in self.context.conv_layers()
+            (f"{name}  (mean of {shape[0]} maps)", name) for name, shape in self.session.conv_layers()
         ]
         self.layer_chooser = widgets.Dropdown(options=layers, value=PENULTIMATE, description="layer", layout=widgets.Layout(width="420px"))
         self.method = widgets.ToggleButtons(
@@ -50,21 +49,19 @@ class ProjectorPanel(Panel):
     def refresh(self) -> None:
         """Embed (once per layer) and project with the chosen method, off the main thread."""
         key = (self.layer_chooser.value, self.method.value, self.dims.value)
-        text = f"embedding {self.context.count} images and projecting with {dict(pca='PCA', tsne='t-SNE', umap='UMAP')[key[1]]}…"
+        text = f"embedding {self.session.count} images and projecting with {dict(pca='PCA', tsne='t-SNE', umap='UMAP')[key[1]]}…"
         self.request_long(text, lambda task: self._project(task, key), self._show)
 
     def _project(self, task, key):
         def compute():
             layer, method, dims = key
-            with self.context.worker_lock:
-                model = Interruptible(self.context.worker_model, task, total_images=self.context.count)
-                embeddings = self.context.embeddings(None if layer == PENULTIMATE else layer, model, prefix="model.")
-                predictions = self.context.predictions(model)
+            embeddings = self.session.embeddings(None if layer == PENULTIMATE else layer, task.checkpoint)
+            predictions = self.session.predictions(task.checkpoint)
             task.checkpoint()
             points = self._projector.project(embeddings, method=method, dims=dims, checkpoint=task.checkpoint)
             return key, points, predictions
 
-        return self._projections.get(key, compute)
+        return self._projections.get((self.session.generation, *key), compute)
 
     def _show(self, result) -> None:
         key, points, predictions = result
@@ -73,22 +70,20 @@ class ProjectorPanel(Panel):
         if self.scatter is None:
             self.scatter = Scatter3D(
                 points,
-                labels=self.context.labels,
+                labels=self.session.labels,
                 predictions=predictions,
-                class_names=self.context.class_names,
-                images=[np.asarray(picture) for picture in self.context.pictures],
+                class_names=self.session.class_names,
+                images=[np.asarray(picture) for picture in self.session.pictures],
             )
             self.scatter.observe(self._point_chosen, "selected")
             self.scatter_box.children = [self.scatter]
         else:
-            buffer, given_dims = scatter_data.positions(points)
             with self.scatter.hold_sync():
-                self.scatter.points = buffer
-                self.scatter.dims = given_dims
-                self.scatter.view = "3d" if given_dims == 3 else "2d"
+                self.scatter.set_points(points)
+                self.scatter.set_predictions(predictions)
         name = "PCA" if method == "pca" else "t-SNE" if method == "tsne" else "UMAP"
         self.summary.value = (
-            f"<span style='font-size:12px'>{self.context.count} images, embedded at "
+            f"<span style='font-size:12px'>{self.session.count} images, embedded at "
             f"{drawing.escape(layer)}, projected to {dims}D by {name}</span>"
         )
 
@@ -107,4 +102,4 @@ class ProjectorPanel(Panel):
         if self.scatter is None or self._points is None:
             return b""
         colours = np.frombuffer(self.scatter.colors, dtype=np.uint8)
-        return render.to_png(drawing.points_picture(self._points, colours, list(self.scatter.palette)))
+        return render.to_png(render.points_picture(self._points, colours, list(self.scatter.palette)))

@@ -98,6 +98,15 @@ class Scatter3D(anywidget.AnyWidget):
             self.points = buffer
             self.view = "2d" if dims == 2 else "3d"
 
+    def set_predictions(self, predictions) -> None:
+        """New predicted classes (the model changed): the colours follow when they show predictions."""
+        encoded = scatter_data.classes(predictions, self.count, "predictions")
+        colouring = self._coloring(self.color_by, self.labels, encoded, self.class_names, self.count)
+        with self.hold_sync():
+            self.predictions = encoded
+            for name, value in colouring.items():
+                setattr(self, name, value)
+
     @staticmethod
     def _coloring(color_by, labels: bytes, predictions: bytes, class_names, count) -> dict:
         colors, palette, legend = scatter_data.coloring(

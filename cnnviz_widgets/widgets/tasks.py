@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from torch import nn
+JOIN_SECONDS = 5.0
 
 
 class Cancelled(Exception):
@@ -58,12 +58,15 @@ class TaskRunner:
         self._pending: Task | None = None
         self._current: Task | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.finished = 0
 
     def submit(self, work: Callable[[Task], Any], apply: Callable[[Any], None]) -> Task:
         """Queue ``work``; ``apply(result)`` runs on the worker once it is done, unless superseded."""
         task = Task(work, apply, self._on_progress)
         with self._condition:
+            if self._closed:
+                raise RuntimeError("this panel is closed; make a new one")
             if self._pending is not None:
                 self._pending.cancel()
             if self._current is not None:
@@ -83,6 +86,25 @@ class TaskRunner:
                     task.cancel()
             self._pending = None
 
+    def close(self) -> None:
+        """Stop the running task, drop the queued one and end the worker thread (waits for it to go)."""
+        with self._condition:
+            self._closed = True
+            for task in (self._pending, self._current):
+                if task is not None:
+                    task.cancel()
+            self._pending = None
+            thread = self._thread
+            self._condition.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_SECONDS)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     @property
     def busy(self) -> bool:
         with self._condition:
@@ -97,8 +119,11 @@ class TaskRunner:
         while True:
             with self._condition:
                 # Idle workers exit; the next submit starts a fresh one, so panels that are closed cost nothing.
-                if not self._condition.wait_for(lambda: self._pending is not None, timeout=30.0):
+                if not self._condition.wait_for(lambda: self._pending is not None or self._closed, timeout=30.0) or (
+                    self._closed and self._pending is None
+                ):
                     self._thread = None
+                    self._condition.notify_all()
                     return
                 task, self._pending, self._current = self._pending, None, self._pending
             self._notify_state(True)
@@ -125,24 +150,3 @@ class TaskRunner:
     def _notify_state(self, running: bool) -> None:
         if self._on_state is not None:
             self._on_state(running)
-
-
-class Interruptible(nn.Module):
-    """Wraps a model so that every forward call is a checkpoint of ``task``.
-
-    Methods such as occlusion or embedding a dataset call the model many times; wrapping it lets the user
-    stop them between two calls, and counts the images seen so the panel can show progress.
-    """
-
-    def __init__(self, model: nn.Module, task: Task, total_images: int | None = None):
-        super().__init__()
-        self.model = model
-        self._task = task
-        self._total = total_images
-        self._seen = 0
-
-    def forward(self, x):
-        fraction = None if not self._total else self._seen / self._total
-        self._task.checkpoint(fraction)
-        self._seen += len(x)
-        return self.model(x)

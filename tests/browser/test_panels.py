@@ -225,8 +225,8 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
     expected = notebook.kernel_eval(
         "import hashlib\n"
         "panel = digits.grad_cam\n"
-        f"view = panel.context.view({hovered})\n"
-        f"cam = cw.grad_cam(panel.context.model, panel.context.input({hovered}), panel.layer, panel.target)\n"
+        f"view = panel.session.view({hovered})\n"
+        f"cam = cw.grad_cam(panel.session.model, panel.session.input({hovered}), panel.layer, panel.target)\n"
         "hashlib.sha256(cw.render.to_png(cw.render.overlay(view, cam, 0.5, 'jet'))).hexdigest()"
     ).strip("'")
     left = panel.locator(".cnnviz-grad-cam-left")

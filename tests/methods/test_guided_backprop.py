@@ -4,8 +4,7 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from captum.attr import GuidedBackprop, LayerGradCam
+from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam
 from torch import nn
 
 import cnnviz_widgets as cw
@@ -70,17 +69,13 @@ def test_hand_computed_gradient():
     torch.testing.assert_close(plain.grad[0], torch.tensor([2.0, -3.0, 0.0]).reshape(3, 1, 1))
 
 
-def test_guided_grad_cam_is_guided_backprop_times_resized_grad_cam(resnet18, small_image):
-    product = cw.guided_backprop(resnet18, small_image, 2) * cw.grad_cam(resnet18, small_image, "layer3", 2)
-    assert torch.equal(cw.guided_grad_cam(resnet18, small_image, "layer3", 2), product)
-
-
-def test_guided_grad_cam_against_captum_parts(resnet18, small_image):
-    raw = LayerGradCam(resnet18, resnet18.layer3).attribute(small_image[None], target=2, relu_attributions=True)
-    resized = F.interpolate(raw.detach(), size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
-    cam = (resized - resized.min()) / (resized.max() - resized.min())
-    expected = captum_guided_backprop(resnet18, small_image, 2) * cam
-    assert_close_relative(cw.guided_grad_cam(resnet18, small_image, resnet18.layer3, 2), expected)
+@pytest.mark.parametrize("target", [2, 7])
+def test_guided_grad_cam_equals_captum_guided_backprop_times_upsampled_layer_grad_cam(resnet18, small_image, target):
+    raw = LayerGradCam(resnet18, resnet18.layer3).attribute(small_image[None], target=target, relu_attributions=True)
+    upsampled = LayerAttribution.interpolate(raw.detach(), (64, 64), interpolate_mode="bilinear")[0, 0]
+    cam = (upsampled - upsampled.min()) / (upsampled.max() - upsampled.min())
+    expected = captum_guided_backprop(resnet18, small_image, target) * cam
+    assert_close_relative(cw.guided_grad_cam(resnet18, small_image, resnet18.layer3, target), expected)
 
 
 def test_shape_device_and_input_ranks(digits_model, digit):

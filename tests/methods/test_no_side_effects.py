@@ -14,7 +14,7 @@ from torch import nn
 
 import cnnviz_widgets as cw
 from method_helpers import ArmedFailure
-from model_state import ModelState, used_model
+from tests.model_state import ModelState, used_model
 
 CALLS = {
     "feature_maps": lambda m, x, target: cw.feature_maps(m, x, "0.layer3"),
@@ -68,21 +68,22 @@ def test_failing_forward_leaves_model_unchanged(model, user_image, name):
     state = ModelState(model)
     model[1].armed = True
     try:
-        with pytest.raises(ValueError, match="provoked failure"):
+        # The network's own error reaches the user as it is: it is not about their input.
+        with pytest.raises(RuntimeError, match="provoked failure"):
             CALLS[name](model, user_image, 3)
     finally:
         model[1].armed = False
     state.assert_unchanged()
 
 
-def test_failing_pattern_callback_leaves_model_unchanged(model):
+def test_failing_pattern_checkpoint_leaves_model_unchanged(model):
     state = ModelState(model)
 
-    def fail(step, images):
+    def fail(fraction, partial=None):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        cw.filter_patterns(model, "0.layer1.0.conv1", 0, size=32, steps=3, callback=fail, callback_every=1)
+        cw.filter_patterns(model, "0.layer1.0.conv1", 0, size=32, steps=3, checkpoint=fail, preview_every=1)
     state.assert_unchanged()
 
 

@@ -5,7 +5,6 @@ import torch
 from captum.attr import Occlusion
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.methods.occlusion import forward_occluded
 from method_helpers import EGYPTIAN_CAT, ESPRESSO, assert_close_relative, halves
 
 
@@ -87,15 +86,10 @@ def test_batch_size_and_input_rank_do_not_change_the_result(resnet18, small_imag
         torch.testing.assert_close(other.attribution, reference.attribution, rtol=1e-5, atol=1e-6)
 
 
-def test_the_batch_forward_is_replaceable(digits_model, digit):
-    calls = []
-
-    def counting_forward(model, image, baseline, boxes):
-        calls.append(len(boxes))
-        return forward_occluded(model, image, baseline, boxes)
-
-    result = cw.occlusion(digits_model, digit[0], 0, window=8, stride=8, batch_size=6, forward=counting_forward)
-    assert calls == [6, 6, 4]
+def test_the_checkpoint_is_called_before_each_batch(digits_model, digit):
+    fractions = []
+    result = cw.occlusion(digits_model, digit[0], 0, window=8, stride=8, batch_size=6, checkpoint=fractions.append)
+    assert fractions == [0.0, 6 / 16, 12 / 16]
     assert result.scores.shape == (4, 4)
 
 
@@ -118,7 +112,7 @@ def test_results_are_detached_on_cpu(digits_model, digit):
         (dict(stride="2"), TypeError, "stride: expected an int or an .h, w. pair of ints, got '2'"),
         (dict(baseline=torch.zeros(2, 32, 32)), ValueError, r"baseline: shape \(2, 32, 32\) does not broadcast"),
         (dict(baseline=float("nan")), ValueError, "baseline: expected a finite number"),
-        (dict(baseline="grey"), TypeError, "baseline: expected a number or a tensor"),
+        (dict(baseline="grey"), ValueError, r"baseline: expected a number, a tensor or one of \('mean', 'blurred'\), got 'grey'"),
         (dict(batch_size=0), ValueError, "batch_size: expected a positive int, got 0"),
     ],
 )

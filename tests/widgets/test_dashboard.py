@@ -5,13 +5,14 @@ import torch
 import torchvision
 
 import cnnviz_widgets as cw
-from panel_support import Snapshot, pixels, settled
+from tests.model_state import ModelState
+from panel_support import pixels, settled
 from test_mistakes_panel import confused_digits
 
 
 def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
     model, pictures, labels, names = confused_digits()
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     dashboard = cw.explore(model, pictures, labels=labels, class_names=names, preprocess=cw.demo.digits_preprocess)
     assert list(dashboard.panels) == ["Mistakes", "Projector", "Grad-CAM", "Feature maps", "Filters", "Occlusion", "Guided backprop"]
     settled(dashboard)
@@ -27,7 +28,7 @@ def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
     x = cw.demo.digits_preprocess(pictures[17])
     predicted = int(model(x).argmax())
     assert grad_cam.target == predicted == dashboard.panels["Occlusion"].target
-    expected = cw.render.overlay(grad_cam.context.view(17), cw.grad_cam(model, x, "features.conv3", predicted), alpha=0.5, cmap="jet")
+    expected = cw.render.overlay(grad_cam.session.view(17), cw.grad_cam(model, x, "features.conv3", predicted), alpha=0.5, cmap="jet")
     np.testing.assert_array_equal(pixels(grad_cam.left.value), expected)
     assert "current image <b>17</b>" in dashboard.current.value
 
@@ -39,10 +40,12 @@ def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
     chosen = int(mistakes._shown[1])
     assert dashboard.image == chosen and grad_cam.image == chosen
 
-    dashboard.panels["Feature maps"].layer = "features.conv2"
-    assert grad_cam.layer == "features.conv2" == dashboard.panels["Filters"].layer
+    # The heatmaps share their layer; feature maps and filters keep the first layer, where they teach most.
+    grad_cam.layer = "features.conv2"
+    assert dashboard.panels["Guided backprop"].layer == "features.conv2"
+    assert dashboard.panels["Feature maps"].layer == "features.conv1" == dashboard.panels["Filters"].layer
     settled(dashboard)
-    snapshot.assert_unchanged()
+    state.assert_unchanged()
 
 
 def test_hidden_tabs_put_long_work_off_until_shown():
@@ -61,7 +64,7 @@ def test_works_on_a_torchvision_model_with_its_weights_transforms(tmp_path):
     model = torchvision.models.resnet18(weights=None).eval()
     preprocess = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
     photos = {name: picture for name, picture in list(cw.demo.photos().items())[:2]}
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     dashboard = cw.explore(model, photos, preprocess=preprocess)
     assert "Mistakes" not in dashboard.panels
     dashboard.tabs.selected_index = list(dashboard.panels).index("Grad-CAM")
@@ -72,4 +75,4 @@ def test_works_on_a_torchvision_model_with_its_weights_transforms(tmp_path):
     # The overlay is drawn on the 224 px centre crop the transforms hand the model, not on the whole photo.
     assert pixels(grad_cam.left.value).shape == (224, 224, 3)
     assert len(grad_cam.class_chooser.options) == 1000
-    snapshot.assert_unchanged()
+    state.assert_unchanged()

@@ -4,22 +4,23 @@ import numpy as np
 import pytest
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.widgets import drawing
-from panel_support import Snapshot, digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
+from cnnviz_widgets import render
+from tests.model_state import ModelState
+from panel_support import digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
 
 
 def expected_grid(model, digits, image, layer, scaling="per_map", cmap="viridis"):
     _, pictures, _, _ = digits
     maps = cw.feature_maps(model, cw.demo.digits_preprocess(pictures[image]), layer)
-    return maps, drawing.feature_grid(maps[:64], scaling, cmap)[0]
+    return maps, render.feature_grid(maps[:64], scaling, cmap)[0]
 
 
 def test_changing_layer_and_image_repaints_the_grid_with_the_layer_output(digits):
     model = digits[0]
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     panel = settled(panel_of(cw.FeatureMapPanel, digits))
     assert panel.layer == "features.conv1"
-    assert [name for name, _ in panel.context.conv_layers()] == ["features.conv1", "features.conv2", "features.conv3"]
+    assert [name for name, _ in panel.session.conv_layers()] == ["features.conv1", "features.conv2", "features.conv3"]
     assert "16 × 32 × 32" in panel.layer_chooser.options[0][0]
 
     panel.layer_chooser.value = "features.conv2"
@@ -37,7 +38,7 @@ def test_changing_layer_and_image_repaints_the_grid_with_the_layer_output(digits
     settled(panel)
     _, grid = expected_grid(model, digits, 3, "features.conv2", scaling="shared")
     np.testing.assert_array_equal(pixels(panel.grid.value), grid)
-    snapshot.assert_unchanged()
+    state.assert_unchanged()
 
 
 def test_clicking_a_map_enlarges_it(digits):
@@ -48,7 +49,7 @@ def test_clicking_a_map_enlarges_it(digits):
     settled(panel)
     assert panel.channel == 10
     maps = cw.feature_maps(model, cw.demo.digits_preprocess(digits[1][0]), "features.conv1")
-    np.testing.assert_array_equal(pixels(panel.zoomed.value), drawing.enlarged_map(maps[10], "viridis"))
+    np.testing.assert_array_equal(pixels(panel.zoomed.value), render.enlarged_map(maps[10], "viridis"))
     assert "map 10" in panel.zoom_label.value
 
 
@@ -69,7 +70,7 @@ def test_a_picture_the_preprocessing_rejects_shows_a_message_and_the_panel_keeps
     settled(panel)
     assert panel.error == ""
     maps = cw.feature_maps(model, cw.demo.digits_preprocess(pictures[1]), "features.conv1")
-    np.testing.assert_array_equal(pixels(panel.grid.value), drawing.feature_grid(maps, "per_map", "viridis")[0])
+    np.testing.assert_array_equal(pixels(panel.grid.value), render.feature_grid(maps, "per_map", "viridis")[0])
 
 
 def test_a_misspelt_layer_names_the_closest_ones(digits):

@@ -6,7 +6,8 @@ import traitlets
 
 import cnnviz_widgets as cw
 from cnnviz_widgets import render
-from panel_support import Snapshot, digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
+from tests.model_state import ModelState
+from panel_support import digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
 
 
 def test_classes_are_offered_most_probable_first_with_percentages(digits):
@@ -23,9 +24,9 @@ def test_classes_are_offered_most_probable_first_with_percentages(digits):
 
 def test_class_layer_and_opacity_changes_repaint_the_overlay(digits):
     model, pictures, labels, names = digits
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     panel = settled(panel_of(cw.GradCAMPanel, digits))
-    picture = np.asarray(panel.context.view(0))
+    picture = np.asarray(panel.session.view(0))
     x = cw.demo.digits_preprocess(pictures[0])
 
     panel.class_chooser.value = 7
@@ -42,7 +43,7 @@ def test_class_layer_and_opacity_changes_repaint_the_overlay(digits):
     np.testing.assert_array_equal(pixels(panel.left.value), expected)
     second = render.overlay(picture, cw.grad_cam(model, x, "features.conv2", panel.second_target), alpha=0.8, cmap="viridis")
     np.testing.assert_array_equal(pixels(panel.right.value), second)
-    snapshot.assert_unchanged()
+    state.assert_unchanged()
 
 
 def test_a_new_image_takes_its_own_most_probable_class(digits):
@@ -57,7 +58,7 @@ def test_a_new_image_takes_its_own_most_probable_class(digits):
 
 def test_guided_backprop_panel_shows_both_gradients(digits):
     model, pictures, labels, names = digits
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     panel = settled(panel_of(cw.GuidedBackpropPanel, digits))
     panel.class_chooser.value = 3
     settled(panel)
@@ -67,7 +68,7 @@ def test_guided_backprop_panel_shows_both_gradients(digits):
         pixels(panel.guided_cam.value), render.gradient_image(cw.guided_grad_cam(model, x, "features.conv3", 3))
     )
     assert "explaining" in panel.class_label.value and names[3] in panel.class_label.value
-    snapshot.assert_unchanged()
+    state.assert_unchanged()
 
 
 def test_an_impossible_class_is_refused(digits):

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 import cnnviz_widgets as cw
-from panel_support import Snapshot, pixels, settled
+from tests.model_state import ModelState
+from panel_support import pixels, settled
 
 IMAGES = 120
 
@@ -19,7 +20,7 @@ def confused_digits():
 
 def test_gallery_shows_the_mistakes_most_confident_first_and_a_cell_filters_it():
     model, pictures, labels, names = confused_digits()
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     panel = settled(cw.MistakesPanel(model, pictures, cw.demo.digits_preprocess, names, labels=labels))
     evaluation = cw.evaluate(model, torch.cat([cw.demo.digits_preprocess(p) for p in pictures]), labels, progress=False)
     np.testing.assert_array_equal(panel.evaluation.confusion, evaluation.confusion)
@@ -42,7 +43,7 @@ def test_gallery_shows_the_mistakes_most_confident_first_and_a_cell_filters_it()
     panel.slots[0].pointer = {"x": 0.5, "y": 0.5, "kind": "press", "serial": 1}
     assert panel.image == int(panel._shown[0])
     assert panel.slots[0].highlighted
-    snapshot.assert_unchanged()
+    state.assert_unchanged()
 
 
 def test_without_labels_the_panel_says_what_it_needs():

@@ -1,7 +1,7 @@
 """OcclusionPanel: the map equals the method's, a long run can be stopped, the live patch answers at once."""
 
+import sys
 import threading
-import time
 
 import numpy as np
 import torch
@@ -9,12 +9,13 @@ import torch
 import cnnviz_widgets as cw
 from cnnviz_widgets import render
 from cnnviz_widgets.widgets import drawing
-from panel_support import Snapshot, digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
+from tests.model_state import ModelState
+from panel_support import digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
 
 
 def test_the_map_is_the_methods_scores_for_the_chosen_settings(digits):
     model, pictures, labels, names = digits
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     panel = settled(panel_of(cw.OcclusionPanel, digits))
     panel.window.value = 8
     panel.stride.value = 4
@@ -23,14 +24,14 @@ def test_the_map_is_the_methods_scores_for_the_chosen_settings(digits):
     x = cw.demo.digits_preprocess(pictures[0])
     grey = cw.demo.digits_preprocess(np.full((32, 32), 128, np.uint8))
     expected = cw.occlusion(model, x, panel.target, window=8, stride=4, baseline=grey)
-    view = panel.context.view(0)
+    view = panel.session.view(0)
     np.testing.assert_array_equal(
-        pixels(panel.scores_view.value), drawing.scores_picture(expected.scores, "viridis", side=max(view.shape[:2]))
+        pixels(panel.scores_view.value), render.scores_picture(expected.scores, "viridis", side=max(view.shape[:2]))
     )
     importance = render.scale_to_unit(np.clip(expected.attribution.numpy(), 0.0, None))
     np.testing.assert_array_equal(pixels(panel.attribution_view.value), render.overlay(view, importance, alpha=0.55, cmap="jet"))
     assert "7×7 places" in panel.scores_label.value
-    snapshot.assert_unchanged()
+    state.assert_unchanged()
 
 
 def test_a_long_run_can_be_stopped_and_the_panel_then_answers_a_new_request(digits, monkeypatch):
@@ -39,19 +40,19 @@ def test_a_long_run_can_be_stopped_and_the_panel_then_answers_a_new_request(digi
     panel.window.value = 8
     settled(panel)
     shown_before = panel.scores_view.value
-    batches, release = [], threading.Event()
-    original = cw.widgets.occlusion.forward_occluded
+    batches, running = [], threading.Event()
+    method = sys.modules["cnnviz_widgets.methods.occlusion"]
+    original = method.forward_occluded
 
-    def slow_forward(*args):
-        batches.append(time.monotonic())
-        release.wait(0.2)
+    def counting_forward(*args):
+        batches.append(len(args[3]))
+        if len(batches) == 2:
+            running.set()
         return original(*args)
 
-    monkeypatch.setattr(cw.widgets.occlusion, "forward_occluded", slow_forward)
+    monkeypatch.setattr(method, "forward_occluded", counting_forward)
     panel.stride.value = 1
-    deadline = time.monotonic() + 10
-    while len(batches) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert running.wait(30), "the long run started"
     assert panel.task_bar.layout.display == "flex", "the progress bar shows while the map is computed"
     panel.task_bar.stop.click()
     assert panel.long_runner.wait(5), "stopping takes effect within a batch"
@@ -60,7 +61,7 @@ def test_a_long_run_can_be_stopped_and_the_panel_then_answers_a_new_request(digi
     assert panel.scores_view.value == shown_before
     assert panel.task_bar.layout.display == "none"
 
-    monkeypatch.setattr(cw.widgets.occlusion, "forward_occluded", original)
+    monkeypatch.setattr(method, "forward_occluded", original)
     panel.stride.value = 8
     settled(panel)
     assert "4×4 places" in panel.scores_label.value

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz_widgets.widgets.tasks import Cancelled, Interruptible, TaskRunner
+import cnnviz_widgets as cw
+from cnnviz_widgets.widgets.tasks import Cancelled, TaskRunner
 
 
 def test_a_newer_request_supersedes_an_older_one():
@@ -69,20 +70,40 @@ def test_a_failing_task_reports_its_error_and_the_runner_keeps_serving():
     assert applied == ["fine"]
 
 
-def test_interruptible_model_is_a_checkpoint_per_forward_call():
-    model = nn.Linear(3, 2)
+def test_a_long_method_stops_at_the_checkpoint_after_a_cancel():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     runner = TaskRunner()
-    seen = {}
+    seen = []
 
     def work(task):
-        wrapped = Interruptible(model, task, total_images=4)
-        wrapped(torch.zeros(2, 3))
-        task.cancel()
-        with pytest.raises(Cancelled):
-            wrapped(torch.zeros(2, 3))
-        seen["calls"] = wrapped._seen
-        return True
+        def checkpoint(fraction):
+            seen.append(fraction)
+            if len(seen) == 2:
+                task.cancel()
+            task.checkpoint(fraction)
 
-    runner.submit(work, lambda result: None)
+        return cw.occlusion(model, torch.zeros(3, 16, 16), 0, window=4, stride=4, batch_size=4, checkpoint=checkpoint)
+
+    applied = []
+    runner.submit(work, applied.append)
     assert runner.wait(5)
-    assert seen["calls"] == 2
+    # 16 patch positions in batches of 4: the cancel at the second batch stops it there.
+    assert seen == [0.0, 0.25] and applied == []
+
+
+def test_close_ends_the_worker_thread_and_refuses_new_work():
+    runner = TaskRunner()
+    started = threading.Event()
+
+    def endless(task):
+        started.set()
+        while True:
+            task.checkpoint()
+            time.sleep(0.001)
+
+    runner.submit(endless, lambda result: None)
+    assert started.wait(5)
+    runner.close()
+    assert not runner.alive
+    with pytest.raises(RuntimeError, match="closed"):
+        runner.submit(lambda task: None, lambda result: None)

@@ -6,7 +6,8 @@ import torch
 
 import cnnviz_widgets as cw
 from cnnviz_widgets.widgets import scatter_data
-from panel_support import Snapshot, digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
+from tests.model_state import ModelState
+from panel_support import digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
 
 # Enough points that a t-SNE fit takes several times longer than the stop budget below.
 STOPPABLE_POINTS = 3000
@@ -20,7 +21,7 @@ def inputs_of(pictures):
 
 def test_points_are_the_projected_embeddings_and_a_point_selects_its_image(digits):
     model, pictures, labels, names = digits
-    snapshot = Snapshot(model)
+    state = ModelState(model)
     panel = settled(panel_of(cw.ProjectorPanel, digits, labels=labels))
     expected = cw.project(cw.embed(model, inputs_of(pictures), progress=False), "pca", dims=3)
     assert panel.scatter.points == scatter_data.positions(expected)[0]
@@ -36,7 +37,7 @@ def test_points_are_the_projected_embeddings_and_a_point_selects_its_image(digit
     assert panel.scatter.points == scatter_data.positions(expected)[0]
     assert panel.scatter.view == "2d"
     assert "features.conv2" in panel.summary.value and "2D" in panel.summary.value
-    snapshot.assert_unchanged()
+    state.assert_unchanged()
 
 
 def test_save_as_png_draws_the_points_in_their_colours(digits, tmp_path):

@@ -15,7 +15,8 @@ from PIL import Image
 import cnnviz_widgets as cw
 from cnnviz_widgets.widgets import scatter3d, scatter_data
 
-BYTES_PER_POINT_BUDGET = 24
+# The README's promise: positions 12 (float32 x, y, z), colour 1 (uint8), label 2 and prediction 2 (uint16).
+BYTES_PER_POINT = {"points": 12, "colors": 1, "labels": 2, "predictions": 2}
 # The module's JavaScript travels once per widget, whatever the number of points.
 CODE_TRAITS = ("_esm", "_css")
 
@@ -25,7 +26,7 @@ def wire(widget) -> tuple[dict, list[list[str]], list]:
     return _remove_buffers(widget.get_state())
 
 
-def test_seventy_thousand_points_cross_as_binary_buffers_within_budget():
+def test_seventy_thousand_points_cross_as_seventeen_bytes_each():
     rng = np.random.default_rng(0)
     count = 70_000
     widget = cw.Scatter3D(
@@ -35,9 +36,10 @@ def test_seventy_thousand_points_cross_as_binary_buffers_within_budget():
         class_names=[f"class {k}" for k in range(10)],
     )
     state, paths, buffers = wire(widget)
-    assert {"points", "colors", "labels", "predictions"} <= {path[0] for path in paths}
-    per_point = sum(len(buffer) for buffer in buffers) / count
-    assert per_point <= BYTES_PER_POINT_BUDGET
+    sizes = {path[0]: len(buffer) for path, buffer in zip(paths, buffers)}
+    assert {name: sizes.pop(name, None) for name in BYTES_PER_POINT} == {name: n * count for name, n in BYTES_PER_POINT.items()}
+    assert not any(sizes.values()), f"without images, no other buffer carries bytes: {sizes}"
+    assert sum(len(buffer) for buffer in buffers) == 17 * count
     json_part = {key: value for key, value in state.items() if key not in CODE_TRAITS}
     assert len(json.dumps(json_part)) < 2_000, "per-point data leaked into the JSON part of the state"
 

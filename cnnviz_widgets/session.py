@@ -1,0 +1,520 @@
+"""What panels compute with: a user's model (through its private replicas), its images, and caches.
+
+No widget code here. A :class:`Session` turns the user's displayable pictures into model inputs, runs the
+methods on the model's replicas (:mod:`cnnviz_widgets.replica`) and remembers what each computation gave
+for an image, a layer and a class. Panels of one dashboard share a session; every panel and every function
+on the same model share its replicas.
+
+Caches are keyed on the generation of the user's weights: once the user trains the model, nothing computed
+from the old weights is served again, and :meth:`Session.watch` tells the panels so they can redraw.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Callable, Hashable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from . import methods
+from .data import embed, evaluate
+from .inputs import check_model, input_channels, model_device
+from .layers import called_layers, heatmap_layer, is_conv, resolve_layer
+from .methods.occlusion import fill_of
+from .outputs import check_output, logits_of
+from .probe import probe
+from .render import to_picture
+from .replica import VIEWS, WORK, replicas_of
+
+# EfficientNet-Lite0 has 49 conv layers: room for every layer of two images.
+FEATURE_CACHE_ENTRIES = 112
+HEATMAP_CACHE_ENTRIES = 256
+INPUT_CACHE_ENTRIES = 256
+WATCH_SECONDS = 1.0
+"""How often a watched session looks at the user's weights: a walk over the parameters' version counters
+(well under a millisecond for a ResNet50), so the views follow a training loop within a second or two."""
+
+
+class LRUCache:
+    """A small thread-safe least-recently-used cache: ``get(key, compute)`` computes each key once."""
+
+    def __init__(self, entries: int):
+        self._entries = entries
+        self._values: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], object]):
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+        value = compute()
+        with self._lock:
+            self._values[key] = value
+            self._values.move_to_end(key)
+            while len(self._values) > self._entries:
+                self._values.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._values
+
+
+def tensor_picture(x: Tensor) -> Image.Image:
+    """A model input (C, H, W) -> a picture, each channel min-max scaled: used when no picture was given."""
+    pixels = x.detach().float().cpu()
+    low = pixels.amin(dim=(1, 2), keepdim=True)
+    high = pixels.amax(dim=(1, 2), keepdim=True)
+    return to_picture(((pixels - low) / (high - low).clamp(min=1e-12)).numpy())
+
+
+def _first_channel(output) -> np.ndarray:
+    tensor = output if isinstance(output, Tensor) else torch.as_tensor(np.asarray(output))
+    while tensor.ndim > 3:
+        tensor = tensor[0]
+    if tensor.ndim == 2:
+        tensor = tensor[None]
+    return tensor[0].detach().float().cpu().numpy()
+
+
+def input_crop_box(preprocess: Callable, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The part ``(left, top, right, bottom)`` of a picture of ``size`` that ``preprocess`` hands the model.
+
+    Preprocessing usually resizes and centre-crops; overlays must be drawn on that crop, not on the whole
+    picture. The crop is measured, not guessed: ``preprocess`` is run on black, white and two ramp pictures,
+    and the ramps' values at the output's borders say which input columns and rows they came from. Whatever
+    the pipeline does with colours (normalisation, inversion, greyscale) is an affine map per channel and
+    cancels out. A pipeline this cannot read (random crops, non-picture outputs) gets the whole picture.
+    """
+    width, height = size
+    whole = (0.0, 0.0, float(width), float(height))
+    if width < 2 or height < 2:
+        return whole
+    ramp_x = np.broadcast_to(np.linspace(0, 255, width).round().astype(np.uint8)[None, :, None], (height, width, 3))
+    ramp_y = np.broadcast_to(np.linspace(0, 255, height).round().astype(np.uint8)[:, None, None], (height, width, 3))
+    try:
+        black, white, along_x, along_y = (
+            _first_channel(preprocess(Image.fromarray(np.ascontiguousarray(array))))
+            for array in (np.zeros((height, width, 3), np.uint8), np.full((height, width, 3), 255, np.uint8), ramp_x, ramp_y)
+        )
+    except Exception:  # noqa: BLE001 - an unreadable pipeline only costs the overlay its crop
+        return whole
+    scale = white - black
+    if black.shape != along_x.shape or np.abs(scale).min() < 1e-6:
+        return whole
+    fraction_x = ((along_x - black) / scale).mean(axis=0)
+    fraction_y = ((along_y - black) / scale).mean(axis=1)
+    left, right = _span(fraction_x, width)
+    top, bottom = _span(fraction_y, height)
+    if not (right > left + 1 and bottom > top + 1):
+        return whole
+    return (left, top, right, bottom)
+
+
+def _span(fractions: np.ndarray, length: int) -> tuple[float, float]:
+    """Input interval covered by an output row whose pixels read ``fractions`` of a 0..1 ramp over ``length``."""
+    count = len(fractions)
+    # Output pixel j samples input position start + (j + 0.5) * step; the ramp reads (position - 0.5) / (length - 1).
+    first, last = fractions[0] * (length - 1) + 0.5, fractions[-1] * (length - 1) + 0.5
+    step = (last - first) / max(count - 1, 1)
+    start = first - 0.5 * step
+    return float(np.clip(start, 0, length)), float(np.clip(start + step * count, 0, length))
+
+
+def normalization_of(preprocess, size: tuple[int, int] = (32, 32)):
+    """``(mean, std)`` per channel such that the model input is ``(pixels - mean) / std``, read off ``preprocess``.
+
+    Feeding a black and a white picture gives ``-mean / std`` and ``(1 - mean) / std``; a pipeline that
+    inverts the picture has a negative std. None when white and black come out the same in a channel.
+    """
+    try:
+        black, white = (preprocess(Image.new("RGB", size, colour)) for colour in ((0, 0, 0), (255, 255, 255)))
+        black, white = (torch.as_tensor(t).float().reshape(-1, *torch.as_tensor(t).shape[-3:])[0] for t in (black, white))
+    except Exception:  # noqa: BLE001 - the patterns fall back to the method's default normalisation
+        return None
+    low, high = black.mean(dim=(1, 2)), white.mean(dim=(1, 2))
+    span = high - low
+    if (span.abs() <= 1e-6).any():
+        return None
+    std = 1.0 / span
+    mean = -low * std
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def default_preprocess(picture: Image.Image) -> Tensor:
+    """Pixels in [0, 1], channels first: for models trained on unnormalised pictures."""
+    array = np.asarray(picture, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def _pictures_of(images, preprocess) -> tuple[list[str], list[Image.Image], list[Tensor] | None]:
+    """``(names, pictures, inputs)``; inputs is None unless the images were given as model inputs already."""
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3) and preprocess is None:
+        images = torch.from_numpy(images)
+    if isinstance(images, Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images: a tensor of images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        inputs = [image.unsqueeze(0) for image in images.detach().float()]
+        return [str(i) for i in range(len(images))], [tensor_picture(image[0]) for image in inputs], inputs
+    if isinstance(images, dict):
+        return [str(name) for name in images], [_picture(item) for item in images.values()], None
+    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+        return ["0"], [_picture(images)], None
+    if isinstance(images, (str, bytes)):
+        raise TypeError(
+            "images: expected pictures (PIL images or uint8 arrays) in a list or dict, or a tensor (N, C, H, W); "
+            f"got a {type(images).__name__}"
+        )
+    try:
+        items = list(images)
+    except TypeError:
+        raise TypeError(
+            "images: expected a list or dict of pictures (PIL or uint8 arrays) or a tensor (N, C, H, W), "
+            f"got {type(images).__name__}"
+        ) from None
+    return [str(i) for i in range(len(items))], [_picture(item) for item in items], None
+
+
+def _picture(item) -> Image.Image:
+    try:
+        return to_picture(item)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"images: {error}") from None
+
+
+class Session:
+    """A model, its images and what has been computed from them.
+
+    images: displayable pictures (PIL images or uint8 arrays), as a list or a ``{name: picture}`` dict; or a
+        tensor ``(N, C, H, W)`` of model inputs, shown as pictures by min-max scaling.
+    preprocess: picture -> model input ``(1, C, H, W)`` or ``(C, H, W)``, e.g. ``weights.transforms()``;
+        without it pictures are fed as pixels in [0, 1].
+    labels: the true class of each image, for the mistakes view and the projector's colours.
+    class_names: one name per class of the model.
+    output: a callable from the model's output to its logits (see :mod:`cnnviz_widgets.outputs`).
+    """
+
+    def __init__(self, model, images, preprocess=None, class_names=None, labels=None, output=None):
+        self.model = check_model(model)
+        self.output = check_output(output)
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"preprocess: expected a callable from a picture to a model input, got {type(preprocess).__name__}")
+        self.names, self.pictures, self._given_inputs = _pictures_of(images, preprocess)
+        if not self.pictures:
+            raise ValueError("images: no images given")
+        self._default_preprocess = preprocess is None
+        self.preprocess = preprocess or default_preprocess
+        self.labels = None if labels is None else np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1)
+        if self.labels is not None and len(self.labels) != len(self.pictures):
+            raise ValueError(f"labels: {len(self.labels)} labels for {len(self.pictures)} images; give one per image")
+        self.replicas = replicas_of(model)
+        self._generation = self.replicas.check()
+        self._caches = {
+            name: LRUCache(entries)
+            for name, entries in (
+                ("inputs", INPUT_CACHE_ENTRIES), ("views", 512), ("boxes", 64), ("probabilities", 4096),
+                ("feature_maps", FEATURE_CACHE_ENTRIES), ("heatmaps", HEATMAP_CACHE_ENTRIES), ("baselines", 32),
+                ("once", 64),
+            )
+        }
+        self._listeners: list[Callable[[int], None]] = []
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.class_names = self._checked_class_names(class_names)
+
+    def _checked_class_names(self, class_names) -> list[str]:
+        count = self.num_classes
+        if class_names is None:
+            return [f"class {k}" for k in range(count)]
+        if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__"):
+            raise TypeError(f"class_names: expected a list of {count} names, got {type(class_names).__name__}")
+        if len(class_names) != count:
+            raise ValueError(
+                f"class_names: {len(class_names)} names given, but the model outputs {count} classes; give one per class"
+            )
+        return [str(name) for name in class_names]
+
+    # -- the user's weights ------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """How many times the user's weights were seen changed since this session began."""
+        return self._generation
+
+    def sync(self) -> bool:
+        """Look at the user's weights; on a change, drop every cache of the old ones. True if they changed."""
+        generation = self.replicas.check()
+        if generation == self._generation:
+            return False
+        self._generation = generation
+        for name, cache in self._caches.items():
+            if name not in ("inputs", "views", "boxes"):
+                cache.clear()
+        return True
+
+    def _cached(self, cache: str, key: tuple, compute: Callable[[], object]):
+        self.sync()
+        return self._caches[cache].get((self._generation, *key), compute)
+
+    def watch(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(generation)`` from a background thread once the user's weights have changed and
+        then held still for one more look (a training loop in progress is not chased step by step)."""
+        self._listeners.append(listener)
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="cnnviz-weights-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        shown = self._generation
+        last = None
+        while not self._watch_stop.wait(WATCH_SECONDS):
+            try:
+                now = self.replicas.check()
+            except RuntimeError:
+                return
+            if now != shown and now == last:
+                shown = now
+                self.sync()
+                for listener in list(self._listeners):
+                    listener(now)
+            last = now
+
+    def close(self) -> None:
+        """Stop watching and free every cache (the replicas stay: other panels of the model share them)."""
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(WATCH_SECONDS * 3)
+        self._listeners.clear()
+        for cache in self._caches.values():
+            cache.clear()
+
+    # -- images ------------------------------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return len(self.pictures)
+
+    def check_index(self, index) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"image: expected an image index (int), got {type(index).__name__}")
+        if not 0 <= index < self.count:
+            raise ValueError(f"image: index {index} out of range 0..{self.count - 1}")
+        return int(index)
+
+    def input(self, index: int) -> Tensor:
+        """The model input ``(1, C, H, W)`` for image ``index``, on the CPU."""
+        index = self.check_index(index)
+
+        def compute() -> Tensor:
+            if self._given_inputs is not None:
+                return self._given_inputs[index]
+            x = self.preprocess(self.pictures[index])
+            if not isinstance(x, Tensor):
+                raise TypeError(f"preprocess: must return a tensor, returned {type(x).__name__}")
+            if x.ndim not in (3, 4):
+                raise ValueError(f"preprocess: must return (C, H, W) or (1, C, H, W), returned shape {tuple(x.shape)}")
+            x = (x.unsqueeze(0) if x.ndim == 3 else x).detach()
+            channels = input_channels(self.model)
+            if channels is not None and x.shape[1] != channels:
+                given = "the default preprocessing (pixels in [0, 1], RGB)" if self._default_preprocess else "preprocess"
+                raise ValueError(
+                    f"preprocess: {given} makes {x.shape[1]}-channel inputs, but {type(self.model).__name__} reads "
+                    f"{channels}-channel images; pass preprocess=, a callable from a picture to the model's input"
+                )
+            return x
+
+        return self._caches["inputs"].get(index, compute)
+
+    def inputs(self) -> Tensor:
+        """Every image as the model reads it, stacked: ``(N, C, H, W)``."""
+        if self._given_inputs is not None:
+            return torch.cat(self._given_inputs)
+        return torch.cat([self.input(i) for i in range(self.count)])
+
+    def view(self, index: int) -> np.ndarray:
+        """The picture as the model sees it: the crop ``preprocess`` takes, at the input's size, uint8 RGB."""
+        index = self.check_index(index)
+
+        def compute() -> np.ndarray:
+            height, width = self.input(index).shape[-2:]
+            picture = self.pictures[index]
+            if self._given_inputs is not None:
+                return np.asarray(picture)
+            box = self._caches["boxes"].get(picture.size, lambda: input_crop_box(self.preprocess, picture.size))
+            return np.asarray(picture.resize((width, height), Image.BILINEAR, box=box))
+
+        return self._caches["views"].get(index, compute)
+
+    # -- classes -----------------------------------------------------------------------------------------
+
+    def probabilities(self, index: int) -> np.ndarray:
+        """Softmax over the classes for image ``index``, float64 ``(K,)``."""
+        index = self.check_index(index)
+        return self._cached("probabilities", (index,), lambda: self.predict(self.input(index)))
+
+    def predict(self, x: Tensor) -> np.ndarray:
+        """Softmax over the classes for a model input ``(1, C, H, W)`` (e.g. an occluded picture), float64 ``(K,)``."""
+        with self.replicas.borrow(VIEWS) as replica, probe(replica) as capture:
+            logits = logits_of(capture.run(x.to(model_device(replica))), self.output)
+        return torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probabilities(0))
+
+    def ranked_classes(self, index: int) -> list[tuple[int, float]]:
+        """Every class with its probability for image ``index``, most probable first."""
+        probabilities = self.probabilities(index)
+        order = np.argsort(-probabilities, kind="stable")
+        return [(int(k), float(probabilities[k])) for k in order]
+
+    # -- layers ------------------------------------------------------------------------------------------
+
+    def _calls(self):
+        def compute():
+            with self.replicas.borrow(VIEWS) as replica:
+                return called_layers(replica, self.input(0).to(model_device(replica)), self.output)
+
+        return self._cached("once", ("calls",), compute)
+
+    def conv_layers(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every conv layer the forward calls, with its output shape ``(C, h, w)`` for these images, in call order."""
+        layers = [(call.name, call.shape) for call in self._calls() if is_conv(call)]
+        if not layers:
+            raise ValueError(f"model: {type(self.model).__name__} calls no conv layer with spatial maps to show")
+        return layers
+
+    def heatmap_layer(self) -> str:
+        """Where Grad-CAM looks by default (see :func:`~cnnviz_widgets.layers.heatmap_layer`)."""
+        return heatmap_layer(self._calls(), self.model)
+
+    def first_layer(self) -> str:
+        """The first conv layer called: its filters read the picture's colours, its maps are the sharpest."""
+        return self.conv_layers()[0][0]
+
+    def layer_name(self, layer) -> str:
+        return resolve_layer(self.model, layer)[0]
+
+    # -- views -------------------------------------------------------------------------------------------
+
+    def feature_maps(self, index: int, layer: str) -> Tensor:
+        index = self.check_index(index)
+        layer = self.layer_name(layer)
+        return self._cached(
+            "feature_maps", (index, layer), lambda: methods.feature_maps(self.model, self.input(index), layer, output=self.output)
+        )
+
+    def grad_cam(self, index: int, layer: str, target: int) -> Tensor:
+        index = self.check_index(index)
+        layer = self.layer_name(layer)
+        return self._cached(
+            "heatmaps",
+            ("grad_cam", index, layer, int(target)),
+            lambda: methods.grad_cam(self.model, self.input(index), layer, target, output=self.output),
+        )
+
+    def guided_backprop(self, index: int, target: int) -> Tensor:
+        index = self.check_index(index)
+        return self._cached(
+            "heatmaps",
+            ("guided_backprop", index, int(target)),
+            lambda: methods.guided_backprop(self.model, self.input(index), target, output=self.output),
+        )
+
+    def guided_grad_cam(self, index: int, layer: str, target: int) -> Tensor:
+        return self.guided_backprop(index, target) * self.grad_cam(index, layer, target).unsqueeze(0)
+
+    def filter_weights(self, layer: str) -> Tensor:
+        layer = self.layer_name(layer)
+        return self._cached("once", ("weights", layer), lambda: methods.filter_weights(self.model, layer))
+
+    def baseline(self, index: int, kind: str) -> Tensor:
+        """What fills an occluding patch, in the model's input space (see ``render.PATCH_FILLS``).
+
+        Black and grey are pictures of that colour passed through ``preprocess``, as the user's picture is.
+        """
+        index = self.check_index(index)
+        x = self.input(index)
+
+        def uniform(level: int) -> Tensor:
+            if self._given_inputs is not None:
+                return torch.full_like(x, level / 255.0)
+            picture = Image.new("RGB", self.pictures[index].size, (level, level, level))
+            filled = self.preprocess(picture)
+            return (filled.unsqueeze(0) if filled.ndim == 3 else filled).detach().to(x).expand_as(x)
+
+        def compute() -> Tensor:
+            if kind == "black":
+                return uniform(0).contiguous()
+            if kind == "grey":
+                return uniform(128).contiguous()
+            return fill_of({"image mean": "mean", "blurred": "blurred"}.get(kind, kind), x).contiguous()
+
+        return self._cached("baselines", (index, kind), compute)
+
+    # -- long work: on the WORK replica, so the live views stay free -------------------------------------
+
+    def occlusion(self, index: int, target: int, window: int, stride: int, fill: str, checkpoint=None, batch_size: int = 8):
+        with self.replicas.borrow(WORK) as replica:
+            return methods.occlusion(
+                replica, self.input(index), target, window, stride, self.baseline(index, fill),
+                batch_size=batch_size, output=self.output, checkpoint=checkpoint,
+            )
+
+    def filter_patterns(self, layer: str, filters, size: int, steps: int, checkpoint=None):
+        layer = self.layer_name(layer)
+        with self.replicas.borrow(WORK) as replica:
+            return methods.filter_patterns(
+                replica, layer, filters, size=size, steps=steps, normalize=self.normalization(), checkpoint=checkpoint
+            )
+
+    def normalization(self):
+        """The ``(mean, std)`` the preprocessing applies, read off it (None when it is of another form)."""
+        return self._caches["once"].get("normalization", lambda: normalization_of(self.preprocess))
+
+    def evaluation(self, checkpoint=None):
+        """Predictions, probabilities and confusion over every image (needs labels)."""
+        if self.labels is None:
+            raise ValueError("labels: the mistakes view needs the true class of each image; pass labels=")
+
+        def compute():
+            with self.replicas.borrow(WORK) as replica:
+                return evaluate(replica, self.inputs(), self.labels, progress=False, output=self.output, checkpoint=checkpoint)
+
+        return self._cached("once", ("evaluation",), compute)
+
+    def embeddings(self, layer: str | None, checkpoint=None) -> np.ndarray:
+        """Embeddings of every image at ``layer`` (None: the classifier's input), cached per layer."""
+
+        def compute():
+            with self.replicas.borrow(WORK) as replica:
+                return embed(replica, self.inputs(), layer, progress=False, output=self.output, checkpoint=checkpoint)
+
+        return self._cached("once", ("embeddings", layer), compute)
+
+    def predictions(self, checkpoint=None) -> np.ndarray:
+        """The predicted class of every image (from the evaluation when labels are known)."""
+        if self.labels is not None:
+            return self.evaluation(checkpoint).predictions
+
+        def compute() -> np.ndarray:
+            with self.replicas.borrow(WORK) as replica, probe(replica) as capture:
+                logits = []
+                batches = self.inputs().split(64)
+                for done, batch in enumerate(batches):
+                    if checkpoint is not None:
+                        checkpoint(done / len(batches))
+                    logits.append(logits_of(capture.run(batch.to(model_device(replica))), self.output))
+            return torch.cat(logits).argmax(dim=1).cpu().numpy()
+
+        return self._cached("once", ("predictions",), compute)
+
