@@ -19,7 +19,7 @@ from PIL import Image
 
 import cnnviz_widgets as cw
 from cnnviz_widgets import render
-from tests.model_state import ModelState, hook_counts, used_model
+from tests.model_state import ModelState, hook_dicts, used_model
 
 SHARED_SECONDS = 30
 SIDE = 64
@@ -38,7 +38,7 @@ class Sampler(threading.Thread):
         self.modes = {name: m.training for name, m in model.named_modules()}
         self.flags = {name: p.requires_grad for name, p in model.named_parameters()}
         self.grads = {name: p.grad for name, p in model.named_parameters()}
-        self.hooks = hook_counts(model)
+        self.hooks = hook_dicts(model)
         self.stop = threading.Event()
         self.looks = 0
         self.seen_wrong: list[str] = []
@@ -51,7 +51,7 @@ class Sampler(threading.Thread):
                 self.seen_wrong.append("a requires_grad flag")
             if any(p.grad is not self.grads[name] for name, p in self.model.named_parameters()):
                 self.seen_wrong.append("a .grad field")
-            if hook_counts(self.model) != self.hooks:
+            if hook_dicts(self.model) != self.hooks:
                 self.seen_wrong.append("a hook")
             self.looks += 1
 

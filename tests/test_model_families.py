@@ -156,7 +156,7 @@ def test_every_function_works_and_leaves_the_model_as_it_was(name):
     assert cw.guided_grad_cam(model, x, heat, 3).shape == shape
     window = shape[1] // 2
     result = cw.occlusion(model, x, 3, window=window, stride=window)
-    assert result.scores.shape == (2, -(-(shape[2] - window) // window) + 1)
+    assert result.scores.shape == tuple(-(-(side - window) // window) + 1 for side in shape[1:])
     assert cw.filter_weights(model, first).shape[0] == layers[0][1][0]
     assert cw.filter_patterns(model, first, [0], size=32, steps=2).shape == (1, shape[0], 32, 32)
     batch = torch.rand(2, *shape)

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -207,6 +208,7 @@ class Panel(widgets.VBox):
         self.prefetcher = TaskRunner()
         self.task_bar.stop.on_click(lambda _: self.stop())
         self._apply_lock = threading.Lock()
+        self._settling = 0
         self._active = active
         self._deferred_view = None
         self._deferred_long = None
@@ -250,12 +252,26 @@ class Panel(widgets.VBox):
         """PNG of what the panel shows, for Save as PNG."""
         raise NotImplementedError
 
+    @contextmanager
+    def settling(self, then=None):
+        """Change several controls at once: each control's observer would ask for a view; inside the block
+        those requests are dropped, and one ``then()`` (by default :meth:`refresh`) follows the block."""
+        self._settling += 1
+        try:
+            yield
+        finally:
+            self._settling -= 1
+        if not self._settling:
+            (then or self.refresh)()
+
     def request(self, work, apply) -> None:
         """Compute ``work()`` off the main thread and show it with ``apply(result)``; newer requests win.
 
         A hidden panel (a dashboard tab not shown) keeps only the newest request and runs it when shown: the
         shared image, class and layer change every tab, and only the one on screen should use the CPU.
         """
+        if self._settling:
+            return
         if not self._active:
             self._deferred_view = (work, apply)
             return
@@ -287,6 +303,8 @@ class Panel(widgets.VBox):
 
         A hidden panel keeps only the newest such request and runs it when shown, as :meth:`request` does.
         """
+        if self._settling:
+            return
         if not self._active:
             self._deferred_long = (text, work, apply)
             return
@@ -347,9 +365,11 @@ class Panel(widgets.VBox):
 
     def close(self) -> None:
         """Stop the panel's threads and child processes, free its caches, and close the widget."""
-        for runner in (self.prefetcher, self.runner, self.long_runner):
-            runner.close()
-        if self._owns_session:
+        # A panel whose construction failed (bad input) is closed by the garbage collector: close what exists.
+        for name in ("prefetcher", "runner", "long_runner"):
+            if hasattr(self, name):
+                getattr(self, name).close()
+        if getattr(self, "_owns_session", False) and hasattr(self, "session"):
             self.session.close()
         super().close()
 

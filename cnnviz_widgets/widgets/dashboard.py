@@ -65,9 +65,11 @@ class Dashboard(widgets.VBox):
 
     def close(self) -> None:
         """Stop every panel's threads and child processes, free the caches, close the widgets."""
-        for panel in self.panels.values():
+        # A dashboard whose construction failed (bad input) is closed by the garbage collector: close what exists.
+        for panel in getattr(self, "panels", {}).values():
             panel.close()
-        self.session.close()
+        if hasattr(self, "session"):
+            self.session.close()
         super().close()
 
     @property

@@ -47,7 +47,6 @@ class FeatureMapPanel(Panel):
         self._png = b""
         self._shown: tuple | None = None
         self.maps = None
-        self._settling = False
         for control in (self.scaling, self.cmap, self.page):
             control.observe(lambda _: self.refresh(), "value")
         views = widgets.HBox(
@@ -57,7 +56,7 @@ class FeatureMapPanel(Panel):
         return [self.picker, widgets.HBox([self.layer_chooser, self.cmap]), widgets.HBox([self.scaling, self.page]), views]
 
     def _start(self) -> None:
-        self.layer = self.session.conv_layers()[0][0]
+        self.layer = self.session.first_layer()
         widgets.link((self.picker, "index"), (self, "image"))
         widgets.link((self, "layer"), (self.layer_chooser, "value"))
         self.refresh()
@@ -70,18 +69,13 @@ class FeatureMapPanel(Panel):
     def _source_changed(self, change) -> None:
         channels = dict(self.session.conv_layers())[self.layer][0] if self.layer else 0
         pages = max(0, (channels - 1) // MAPS_PER_PAGE)
-        # The controls below each ask for a refresh when they change; one refresh, at the end, is enough.
-        self._settling = True
-        try:
+        with self.settling():
             if change["name"] == "layer":
                 self.page.value = 0
                 self.channel = 0
             self.page.max = pages * MAPS_PER_PAGE
             self.page.step = MAPS_PER_PAGE
             self.page.layout.display = "flex" if pages else "none"
-        finally:
-            self._settling = False
-        self.refresh()
 
     @traitlets.observe("channel")
     def _channel_changed(self, change) -> None:
@@ -89,7 +83,7 @@ class FeatureMapPanel(Panel):
 
     def refresh(self) -> None:
         """Recompute the view for the current image, layer and options."""
-        if not self.layer or self._settling:
+        if not self.layer:
             return
         key = (self.image, self.layer, self.scaling.value, self.cmap.value, self.page.value, self.channel)
         self.request(lambda: self._render(key), self._show)

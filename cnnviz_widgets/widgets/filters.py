@@ -54,7 +54,7 @@ class FiltersPanel(Panel):
         ]
 
     def _start(self) -> None:
-        self.layer = self.session.conv_layers()[0][0]
+        self.layer = self.session.first_layer()
         widgets.link((self, "layer"), (self.layer_chooser, "value"))
         self.first.observe(lambda _: self.refresh(), "value")
         self.count.observe(lambda _: self.refresh(), "value")
@@ -68,11 +68,10 @@ class FiltersPanel(Panel):
 
     def _on_layer(self, change) -> None:
         filters = dict(self.session.conv_layers())[self.layer][0]
-        with self.hold_trait_notifications():
+        self.stop()
+        with self.settling():
             self.first.max = max(0, filters - 1)
             self.count.max = min(16, filters)
-        self.stop()
-        self.refresh()
 
     def filters(self) -> list[int]:
         total = dict(self.session.conv_layers())[self.layer][0]

@@ -98,10 +98,9 @@ class GradCAMPanel(_ClassPanel):
 
     @shows_errors
     def _on_image(self, change) -> None:
-        with self.hold_trait_notifications():
+        with self.settling():
             self._rerank()
             self.second_chooser.rank_for(self.image, rank=1)
-        self.refresh()
 
     def refresh(self) -> None:
         """Recompute both heatmaps for the current image, layer, classes and display options."""
@@ -165,9 +164,8 @@ class GuidedBackpropPanel(_ClassPanel):
 
     @shows_errors
     def _on_image(self, change) -> None:
-        with self.hold_trait_notifications():
+        with self.settling():
             self._rerank()
-        self.refresh()
 
     def refresh(self) -> None:
         key = (self.image, self.layer, self.target)

@@ -47,7 +47,6 @@ class MistakesPanel(Panel):
         )
         self.gallery.add_class("cnnviz-mistakes-gallery")
         self.evaluation = None
-        self._settling = False
         self.matrix: ConfusionMatrix | None = None
         self._shown: np.ndarray = np.zeros(0, dtype=np.int64)
         self._page = 0
@@ -79,28 +78,20 @@ class MistakesPanel(Panel):
         names = self.session.class_names
         choices = [("all", ALL)] + [(name, k) for k, name in enumerate(names)]
         # One _filter at the end, not one per control: the controls' own observers wait.
-        self._settling = True
-        try:
+        with self.settling(then=self._filter):
             self.true_class.options = choices
             self.predicted_class.options = choices
             self.true_class.value = self.predicted_class.value = ALL
-        finally:
-            self._settling = False
         self.matrix = ConfusionMatrix(evaluation.confusion, names)
         self.matrix_box.children = [self.matrix]
         self.matrix.observe(self._cell_chosen, "selection")
-        self._filter()
 
     def _cell_chosen(self, change) -> None:
         cell = change["new"]
         true, predicted = (ALL, ALL) if cell is None else cell
-        self._settling = True
-        try:
+        with self.settling(then=self._filter):
             self.true_class.value = true
             self.predicted_class.value = predicted
-        finally:
-            self._settling = False
-        self._filter()
 
     def _filter(self) -> None:
         if self._settling or self.evaluation is None:

@@ -85,9 +85,8 @@ class OcclusionPanel(Panel):
     @shows_errors
     def _on_image(self, change) -> None:
         self._patch = None
-        with self.hold_trait_notifications():
+        with self.settling():
             self.class_chooser.rank_for(self.image)
-        self.refresh()
 
     @shows_errors
     def refresh(self) -> None:

@@ -35,7 +35,11 @@ def test_gallery_shows_the_mistakes_most_confident_first_and_a_cell_filters_it()
     assert pixels(panel.slots[0].value).std() > 10
 
     true, predicted = int(labels[5]), int(evaluation.predictions[5])
+    drawn = []
+    draw = panel._draw
+    panel._draw = lambda: (drawn.append(1), draw())
     panel.matrix.selection = (true, predicted)
+    assert len(drawn) == 1, "one click, one redraw of the gallery"
     np.testing.assert_array_equal(panel._shown, evaluation.mistakes(true=true, predicted=predicted))
     assert (panel.true_class.value, panel.predicted_class.value) == (true, predicted)
     assert f"of {len(panel._shown)}" in panel.summary.value

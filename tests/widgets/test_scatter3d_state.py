@@ -37,7 +37,8 @@ def test_seventy_thousand_points_cross_as_seventeen_bytes_each():
     )
     state, paths, buffers = wire(widget)
     sizes = {path[0]: len(buffer) for path, buffer in zip(paths, buffers)}
-    assert {name: sizes.pop(name, None) for name in BYTES_PER_POINT} == {name: n * count for name, n in BYTES_PER_POINT.items()}
+    promised = {name: size * count for name, size in BYTES_PER_POINT.items()}
+    assert {name: sizes.pop(name, None) for name in BYTES_PER_POINT} == promised
     assert not any(sizes.values()), f"without images, no other buffer carries bytes: {sizes}"
     assert sum(len(buffer) for buffer in buffers) == 17 * count
     json_part = {key: value for key, value in state.items() if key not in CODE_TRAITS}
