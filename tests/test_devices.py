@@ -35,8 +35,9 @@ class ReportDevice(nn.Module):
 
 def small_cnn(first: nn.Module | None = None) -> nn.Sequential:
     torch.manual_seed(0)
-    layers = [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)]
-    return nn.Sequential(*([first] if first is not None else []), *layers)
+    layers = [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)]
+    return nn.Sequential(*([first] if first is not None else []), *layers, *head)
 
 
 IMAGE = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -56,7 +56,8 @@ def reference(digits):
     with torch.no_grad():
         logits = model(x)
     predictions = logits.argmax(dim=1).numpy()
-    return predictions, torch.softmax(logits, dim=1).numpy(), confusion_matrix(y.numpy(), predictions, labels=range(num_classes))
+    confusion = confusion_matrix(y.numpy(), predictions, labels=range(num_classes))
+    return predictions, torch.softmax(logits, dim=1).numpy(), confusion
 
 
 @pytest.mark.parametrize("source", SOURCES)

@@ -3,6 +3,9 @@ class probabilities of one image."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import bqplot
 import ipywidgets
 import numpy as np
@@ -14,8 +17,20 @@ from torch import Tensor
 MISTAKE_COLORS = ["#ffffff", "#f4a261", "#3c7dbf"]
 BAR_COLOR = "#7aa6d6"
 TRUE_CLASS_COLOR = "#2ca02c"
+# A matrix of a few classes has cells that hold their count; cells then shrink, the grid keeping its side, down
+# to a size the pointer can still hit, and beyond that the grid grows: 100 classes take 700 px.
 CELL_PIXELS = 34
-MIN_FIGURE_PIXELS = 320
+MIN_CELL_PIXELS = 7
+GRID_PIXELS = 480
+COUNT_CELL_PIXELS = 22  # smaller cells show their count in the tooltip only
+# Tick labels, 11 px type: each needs 14 px across the axis and its own length along it (an average 6.5 px per
+# character); names longer than LABEL_CHARACTERS are cut on the axes and shown whole in the tooltip.
+LABEL_PIXELS = 14
+CHARACTER_PIXELS = 6.5
+LABEL_CHARACTERS = 16
+TICK_PIXELS = 10  # the tick and the gap before its label
+TITLE_PIXELS = 24  # an axis title ("true", "predicted") and its gap
+FIGURE_MARGIN = {"top": 40, "right": 12}
 
 
 def _as_numpy(values) -> np.ndarray:
@@ -31,6 +46,48 @@ def _names(class_names, count: int, argument: str = "class_names") -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"{argument}: names must be distinct, so that each row and column can be told apart")
     return names
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= LABEL_CHARACTERS else name[: LABEL_CHARACTERS - 1] + "…"
+
+
+def _label_pixels(names) -> float:
+    return max(len(name) for name in names) * CHARACTER_PIXELS
+
+
+@dataclass(frozen=True)
+class MatrixLayout:
+    """Pixel sizes of a confusion matrix, and the classes labelled on each axis: as many as fit without a label
+    overlapping its neighbour (every class, every other one, ...)."""
+
+    classes: int
+    cell: float
+    row_labels: list[str]
+    column_labels: list[str]
+    margin: dict[str, int]
+
+    @classmethod
+    def of(cls, names: list[str]) -> MatrixLayout:
+        cell = min(CELL_PIXELS, max(MIN_CELL_PIXELS, GRID_PIXELS / len(names)))
+        row_labels = names[:: math.ceil(LABEL_PIXELS / cell)]
+        # Column labels stand side by side: the longest one sets how many cells each needs.
+        column_width = _label_pixels([_short(name) for name in names]) + CHARACTER_PIXELS
+        column_labels = names[:: math.ceil(column_width / cell)]
+        left = math.ceil(TICK_PIXELS + _label_pixels([_short(name) for name in row_labels]) + TITLE_PIXELS)
+        bottom = TICK_PIXELS + LABEL_PIXELS + TITLE_PIXELS
+        return cls(len(names), cell, row_labels, column_labels, {**FIGURE_MARGIN, "left": left, "bottom": bottom})
+
+    @property
+    def grid(self) -> int:
+        """Side of the grid of cells, pixels."""
+        return round(self.cell * self.classes)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole figure, pixels."""
+        margin = self.margin
+        return margin["left"] + self.grid + margin["right"], margin["top"] + self.grid + margin["bottom"]
 
 
 class ConfusionMatrix(ipywidgets.VBox):
@@ -55,29 +112,39 @@ class ConfusionMatrix(ipywidgets.VBox):
             min=0, mid=most_mistakes, max=max(int(matrix.max()), most_mistakes + 1), colors=MISTAKE_COLORS
         )
         row_scale, column_scale = bqplot.OrdinalScale(reverse=True), bqplot.OrdinalScale()
+        self.layout_pixels = shape = MatrixLayout.of(names)
         self.heatmap = bqplot.GridHeatMap(
             color=matrix,
             row=names,
             column=names,
             scales={"row": row_scale, "column": column_scale, "color": color_scale},
-            selected_style={"stroke": "#111", "stroke-width": "3"},
-            stroke="#d0d0d0",
-            display_format="d",
+            selected_style={"stroke": "#111", "stroke-width": "3" if shape.cell >= COUNT_CELL_PIXELS else "2"},
+            stroke="#d0d0d0" if shape.cell >= COUNT_CELL_PIXELS else None,
+            display_format="d" if shape.cell >= COUNT_CELL_PIXELS else None,
             font_style={"font-size": "12px", "fill": "#1a1a1a"},
+            tooltip=bqplot.Tooltip(fields=["row", "column", "color"], labels=["true", "predicted", "images"]),
         )
+        tick_style = {"font-size": "11px"}
         axes = [
-            bqplot.Axis(scale=column_scale, label="predicted", side="bottom", grid_lines="none"),
-            bqplot.Axis(scale=row_scale, label="true", side="left", grid_lines="none"),
-        ]
-        side = max(MIN_FIGURE_PIXELS, CELL_PIXELS * len(matrix)) + 90
+            bqplot.Axis(
+                scale=column_scale, label="predicted", side="bottom", grid_lines="none", tick_style=tick_style,
+                tick_values=np.array(shape.column_labels), tick_labels={name: _short(name) for name in shape.column_labels},
+            ),
+            bqplot.Axis(
+                scale=row_scale, label="true", side="left", grid_lines="none", tick_style=tick_style,
+                tick_values=np.array(shape.row_labels), tick_labels={name: _short(name) for name in shape.row_labels},
+                label_offset=f"{shape.margin['left'] - TITLE_PIXELS / 2:.0f}px",
+            ),
+        ]  # fmt: skip
+        width, height = shape.size
         self.figure = bqplot.Figure(
             marks=[self.heatmap],
             axes=axes,
             title=title,
             padding_x=0,
             padding_y=0,
-            fig_margin={"top": 40, "bottom": 50, "left": 70, "right": 10},
-            layout=ipywidgets.Layout(width=f"{side}px", height=f"{side}px"),
+            fig_margin=shape.margin,
+            layout=ipywidgets.Layout(width=f"{width}px", height=f"{height}px", flex="none"),
         )
         self.confusion = matrix
         self.class_names = names

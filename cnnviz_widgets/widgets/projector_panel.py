@@ -94,7 +94,12 @@ class ProjectorPanel(Panel):
 
     def close(self) -> None:
         """Close the widget and end the process that fits t-SNE and UMAP."""
-        self._projector.close()
+        # The fit under way is cancelled first, so that it ends as a cancellation, not as an error shown
+        # in a panel that is going away.
+        if hasattr(self, "long_runner"):
+            self.long_runner.cancel()
+        if hasattr(self, "_projector"):
+            self._projector.close()
         super().close()
 
     def picture(self) -> bytes:
