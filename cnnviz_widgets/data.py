@@ -8,12 +8,13 @@ model's device, on the model's private replica (:mod:`cnnviz_widgets.replica`): 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from .inputs import check_model, check_positive_int, model_device
@@ -21,6 +22,7 @@ from .layers import called_layers, embedding_layer, resolve_layer
 from .outputs import check_output, logits_of
 from .probe import probe
 from .replica import borrow
+from .sources import default_preprocess, picture_source
 
 PROJECTION_METHODS = ("pca", "tsne", "umap")
 POOLING = ("avg", "flatten")
@@ -54,6 +56,23 @@ def _split_item(item, where: str) -> tuple[Tensor, Tensor | None]:
     return images, labels
 
 
+def _holds_pictures(images) -> bool:
+    """Whether ``images`` are pictures for a preprocessing rather than model inputs."""
+    if isinstance(images, (str, Path, dict)):
+        return True
+    if isinstance(images, (list, tuple)):
+        return bool(images) and not isinstance(images[0], Tensor)
+    if isinstance(images, Dataset) and not isinstance(images, IterableDataset) and hasattr(images, "__len__") and len(images):
+        first = images[0]
+        first = first[0] if isinstance(first, (tuple, list)) and first else first
+        return not isinstance(first, Tensor)
+    return False
+
+
+def _described(value) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
 def _check_image_batch(batch: Tensor) -> Tensor:
     if batch.ndim != 4:
         raise ValueError(
@@ -65,13 +84,20 @@ def _check_image_batch(batch: Tensor) -> Tensor:
 
 
 class _Images:
-    """Uniform batched access to a tensor, a Dataset or a DataLoader of images (and maybe their labels)."""
+    """Uniform batched access to images (and maybe their labels): a tensor, a DataLoader, a Dataset of
+    tensors, or pictures — a folder, file paths, a list or dict, a Dataset of pictures — which
+    ``preprocess`` turns into model inputs as each batch is read."""
 
-    def __init__(self, images, batch_size: int):
+    def __init__(self, images, batch_size: int, preprocess=None):
         self.batch_size = batch_size
-        if isinstance(images, np.ndarray):
+        if isinstance(images, np.ndarray) and images.ndim == 4:
             images = torch.from_numpy(images)
-        if isinstance(images, Tensor):
+        if _holds_pictures(images):
+            source = picture_source(images)
+            self.count = len(source)
+            self.batches = len(range(0, self.count, batch_size))
+            self._iterate = lambda: self._picture_batches(source, preprocess or default_preprocess)
+        elif isinstance(images, Tensor):
             _check_image_batch(images)
             self.count = len(images)
             self.batches = len(range(0, self.count, batch_size))
@@ -88,8 +114,8 @@ class _Images:
             self._iterate = lambda: self._dataset_batches(images)
         else:
             raise TypeError(
-                "images: expected a tensor (N, C, H, W), a torch Dataset or a DataLoader, "
-                f"got {type(images).__name__}"
+                "images: expected a tensor (N, C, H, W), a torch Dataset or DataLoader, a folder, a list of file "
+                f"paths or a list of pictures; got {type(images).__name__}"
             )
         if self.count == 0:
             raise ValueError("images: no images given (empty tensor or dataset)")
@@ -101,6 +127,18 @@ class _Images:
             images = torch.stack([image for image, _ in items])
             labels = None if items[0][1] is None else torch.stack([label for _, label in items])
             yield images, labels
+
+    def _picture_batches(self, source, preprocess) -> Iterator[tuple[Tensor, Tensor | None]]:
+        for start in range(0, self.count, self.batch_size):
+            stop = min(start + self.batch_size, self.count)
+            inputs = []
+            for index in range(start, stop):
+                x = preprocess(source[index])
+                if not isinstance(x, Tensor) or x.ndim not in (3, 4):
+                    raise TypeError(f"preprocess: must return a tensor (C, H, W) or (1, C, H, W), returned {_described(x)}")
+                inputs.append(x if x.ndim == 4 else x.unsqueeze(0))
+            labels = None if source.labels is None else torch.from_numpy(source.labels[start:stop])
+            yield torch.cat(inputs), labels
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         for images, labels in self._iterate():
@@ -198,18 +236,29 @@ def _labels_array(labels, count: int | None) -> np.ndarray:
 
 
 def evaluate(
-    model: nn.Module, images, labels=None, batch_size: int = 64, *, progress: bool = True, output=None, checkpoint=None
+    model: nn.Module,
+    images,
+    labels=None,
+    batch_size: int = 64,
+    *,
+    preprocess=None,
+    progress: bool = True,
+    output=None,
+    checkpoint=None,
 ) -> Evaluation:
     """Run ``model`` over ``images`` and compare its predictions with ``labels``.
 
-    labels: one class index per image; may be omitted when ``images`` is a Dataset or DataLoader of
-    ``(image, label)`` pairs.
+    images: a tensor ``(N, C, H, W)``, a Dataset or DataLoader of tensors, or pictures (a folder, file
+        paths, a list or dict of pictures, a Dataset of pictures) that ``preprocess`` turns into inputs.
+    labels: one class index per image; may be omitted when the images come with labels (a Dataset or
+        DataLoader of ``(image, label)`` pairs, a folder of class subfolders).
+    preprocess: picture -> model input, for pictures; by default pixels in [0, 1].
     output: a callable from the model's output to its logits (see :func:`~cnnviz_widgets.outputs.logits_of`).
     checkpoint: called as ``checkpoint(fraction_done)`` before each batch; raise from it to stop.
     """
     model = check_model(model)
     output = check_output(output)
-    source = _Images(images, check_positive_int(batch_size, "batch_size"))
+    source = _Images(images, check_positive_int(batch_size, "batch_size"), preprocess)
     given = None if labels is None else _labels_array(labels, source.count)
     logits, seen_labels = [], []
     with borrow(model) as replica, probe(replica) as capture:
@@ -259,6 +308,7 @@ def embed(
     batch_size: int = 64,
     pool: str = "avg",
     *,
+    preprocess=None,
     progress: bool = True,
     output=None,
     checkpoint=None,
@@ -270,6 +320,7 @@ def embed(
         space of its last conv layer's maps that the logits depend on.
     pool: for a conv layer's (N, C, h, w) output, "avg" averages each map (D = C), "flatten" keeps every
         position (D = C*h*w).
+    preprocess: picture -> model input, when ``images`` are pictures (see :func:`evaluate`).
     output: a callable from the model's output to its logits, used to find the default layer.
     checkpoint: called as ``checkpoint(fraction_done)`` before each batch; raise from it to stop.
     """
@@ -277,7 +328,7 @@ def embed(
     output = check_output(output)
     if pool not in POOLING:
         raise ValueError(f"pool: expected one of {POOLING}, got {pool!r}")
-    source = _Images(images, check_positive_int(batch_size, "batch_size"))
+    source = _Images(images, check_positive_int(batch_size, "batch_size"), preprocess)
     chosen = None if layer is None else resolve_layer(model, layer)[0]
     features = []
     with borrow(model) as replica:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Callable, Hashable
 
 import numpy as np
@@ -29,6 +30,7 @@ from .outputs import check_output, logits_of
 from .probe import probe
 from .render import to_picture
 from .replica import VIEWS, WORK, replicas_of
+from .sources import PictureSource, default_preprocess, picture_source
 
 # EfficientNet-Lite0 has 49 conv layers: room for every layer of two images.
 FEATURE_CACHE_ENTRIES = 112
@@ -150,56 +152,33 @@ def normalization_of(preprocess, size: tuple[int, int] = (32, 32)):
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def default_preprocess(picture: Image.Image) -> Tensor:
-    """Pixels in [0, 1], channels first: for models trained on unnormalised pictures."""
-    array = np.asarray(picture, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
-
-
-def _pictures_of(images, preprocess) -> tuple[list[str], list[Image.Image], list[Tensor] | None]:
-    """``(names, pictures, inputs)``; inputs is None unless the images were given as model inputs already."""
+def _pictures_of(images, preprocess) -> tuple[Sequence, list[Tensor] | None]:
+    """``(pictures, inputs)``; inputs is None unless the images were given as model inputs already."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3) and preprocess is None:
         images = torch.from_numpy(images)
     if isinstance(images, Tensor):
         if images.ndim != 4:
             raise ValueError(f"images: a tensor of images must be (N, C, H, W), got shape {tuple(images.shape)}")
         inputs = [image.unsqueeze(0) for image in images.detach().float()]
-        return [str(i) for i in range(len(images))], [tensor_picture(image[0]) for image in inputs], inputs
-    if isinstance(images, dict):
-        return [str(name) for name in images], [_picture(item) for item in images.values()], None
-    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
-        return ["0"], [_picture(images)], None
-    if isinstance(images, (str, bytes)):
-        raise TypeError(
-            "images: expected pictures (PIL images or uint8 arrays) in a list or dict, or a tensor (N, C, H, W); "
-            f"got a {type(images).__name__}"
-        )
-    try:
-        items = list(images)
-    except TypeError:
-        raise TypeError(
-            "images: expected a list or dict of pictures (PIL or uint8 arrays) or a tensor (N, C, H, W), "
-            f"got {type(images).__name__}"
-        ) from None
-    return [str(i) for i in range(len(items))], [_picture(item) for item in items], None
-
-
-def _picture(item) -> Image.Image:
-    try:
-        return to_picture(item)
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"images: {error}") from None
+        pictures = PictureSource([str(i) for i in range(len(inputs))], lambda index: tensor_picture(inputs[index][0]))
+        return pictures, inputs
+    return picture_source(images), None
 
 
 class Session:
     """A model, its images and what has been computed from them.
 
-    images: displayable pictures (PIL images or uint8 arrays), as a list or a ``{name: picture}`` dict; or a
-        tensor ``(N, C, H, W)`` of model inputs, shown as pictures by min-max scaling.
+    images: displayable pictures (PIL images or uint8 arrays) as a list or a ``{name: picture}`` dict; a
+        folder (labels from its subfolders, as ``ImageFolder``); a list of file paths; a torch Dataset of
+        pictures or ``(picture, label)`` pairs; or a tensor ``(N, C, H, W)`` of model inputs, shown as pictures
+        by min-max scaling. Pictures are decoded when needed, not up front.
     preprocess: picture -> model input ``(1, C, H, W)`` or ``(C, H, W)``, e.g. ``weights.transforms()``;
         without it pictures are fed as pixels in [0, 1].
-    labels: the true class of each image, for the mistakes view and the projector's colours.
-    class_names: one name per class of the model.
+    labels: the true class of each image, for the mistakes view and the projector's colours; by default
+        the labels the images come with (a folder's subfolders, a Dataset's pairs). When the subfolders are
+        named after the model's classes (``class_names``), each picture gets the class of its folder's name.
+    class_names: one name per class of the model; by default a folder's subfolder names when there are as
+        many as the model has classes.
     output: a callable from the model's output to its logits (see :mod:`cnnviz_widgets.outputs`).
     """
 
@@ -208,8 +187,8 @@ class Session:
         self.output = check_output(output)
         if preprocess is not None and not callable(preprocess):
             raise TypeError(f"preprocess: expected a callable from a picture to a model input, got {type(preprocess).__name__}")
-        self.names, self.pictures, self._given_inputs = _pictures_of(images, preprocess)
-        if not self.pictures:
+        self.pictures, self._given_inputs = _pictures_of(images, preprocess)
+        if not len(self.pictures):
             raise ValueError("images: no images given")
         self._default_preprocess = preprocess is None
         self.preprocess = preprocess or default_preprocess
@@ -230,9 +209,32 @@ class Session:
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.class_names = self._checked_class_names(class_names)
+        if self.labels is None and getattr(self.pictures, "labels", None) is not None:
+            self.labels = self._source_labels()
+
+    @property
+    def names(self) -> list[str]:
+        return self.pictures.names
+
+    def _source_labels(self) -> np.ndarray:
+        """The labels the pictures came with, as the model's class indices."""
+        labels, folders = self.pictures.labels, self.pictures.class_names
+        if folders is not None and all(folder in self.class_names for folder in folders):
+            return np.asarray([self.class_names.index(folders[label]) for label in labels], dtype=np.int64)
+        if labels.max() >= self.num_classes:
+            given = folders or sorted(set(labels.tolist()))
+            shown = ", ".join(map(str, given[:5])) + (", ..." if len(given) > 5 else "")
+            raise ValueError(
+                f"labels: the images come with {len(given)} classes ({shown}), but the model outputs "
+                f"{self.num_classes}; name the subfolders after class_names, or pass labels="
+            )
+        return labels
 
     def _checked_class_names(self, class_names) -> list[str]:
         count = self.num_classes
+        folders = getattr(self.pictures, "class_names", None)
+        if class_names is None and folders is not None and len(folders) == count:
+            return list(folders)
         if class_names is None:
             return [f"class {k}" for k in range(count)]
         if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__"):

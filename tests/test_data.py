@@ -198,7 +198,8 @@ class BreaksAfter(torch.utils.data.Dataset):
 @pytest.mark.parametrize(
     "images, labels, error, argument",
     [
-        ("not images", [0], TypeError, "images"),
+        (42, [0], TypeError, "images"),
+        ("no/such/folder", [0], ValueError, "images: 'no/such/folder' is not a folder"),
         (torch.zeros(3, 8, 8), [0, 0, 0], ValueError, "images"),
         (torch.zeros(0, 1, 8, 8), [], ValueError, "images"),
         (torch.zeros(3, 1, 8, 8), [0, 1], ValueError, "labels"),

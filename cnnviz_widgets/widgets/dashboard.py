@@ -27,7 +27,7 @@ class Dashboard(widgets.VBox):
         self.session = Session(model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output)
         shared = dict(session=self.session, active=False)
         self.panels = {}
-        if labels is not None:
+        if self.session.labels is not None:
             self.panels["Mistakes"] = MistakesPanel(**shared)
         self.panels["Projector"] = ProjectorPanel(**shared)
         self.panels["Grad-CAM"] = GradCAMPanel(**shared)
@@ -52,7 +52,7 @@ class Dashboard(widgets.VBox):
                 traitlets.link((self, "target"), (panel, "target"))
         # Without labels there are no mistakes, and a projector of a handful of photos says little: start
         # where a single picture says most.
-        self.tabs.selected_index = 0 if labels is not None else list(self.panels).index("Grad-CAM")
+        self.tabs.selected_index = 0 if self.session.labels is not None else list(self.panels).index("Grad-CAM")
         self.tabs.observe(self._tab_shown, "selected_index")
         self._tab_shown(None)
         self._describe()

@@ -1,0 +1,165 @@
+"""Where pictures come from: memory, a folder, a list of files, a torch Dataset. Read lazily, by index.
+
+A test set of tens of thousands of pictures does not fit in memory as decoded pictures (a 256 px RGB picture
+is 196 KB decoded, 20 KB as a JPEG), so a source keeps paths or the user's dataset and decodes a picture
+only when it is asked for, with a small cache for the ones on screen.
+
+A folder is read as torchvision's ``ImageFolder`` reads it: when every picture sits in a subfolder of the
+root, the subfolders' names, sorted, are the classes and give the labels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .render import to_picture
+
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DECODED_PICTURES = 256
+"""Pictures kept decoded: a gallery page, a picker page and the pictures the panels show, many times over."""
+
+
+def default_preprocess(picture: Image.Image) -> Tensor:
+    """Pixels in [0, 1], channels first: for models trained on unnormalised pictures."""
+    array = np.asarray(picture, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def _picture(item, where: str) -> Image.Image:
+    try:
+        return to_picture(item)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"images: {where}: {error}") from None
+
+
+class PictureSource(Sequence):
+    """Pictures by index, decoded on demand: ``source[i]`` is an RGB PIL image.
+
+    names: one name per picture (a file's path relative to the folder, a dict key, or the index);
+    labels: the classes the source itself gives (subfolders, a Dataset's pairs), or None;
+    class_names: the names of those classes (a folder's subfolders), or None.
+    """
+
+    def __init__(self, names: list[str], load, labels=None, class_names=None):
+        self.names = names
+        self._load = load
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.class_names = class_names
+        self._decoded: OrderedDict[int, Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image index {index} out of range 0..{len(self) - 1}")
+        index %= len(self)
+        with self._lock:
+            if index in self._decoded:
+                self._decoded.move_to_end(index)
+                return self._decoded[index]
+        picture = self._load(index)
+        with self._lock:
+            self._decoded[index] = picture
+            while len(self._decoded) > DECODED_PICTURES:
+                self._decoded.popitem(last=False)
+        return picture
+
+
+def _in_memory(items: list, names: list[str]) -> PictureSource:
+    pictures = [_picture(item, f"picture {name!r}") for item, name in zip(items, names)]
+    return PictureSource(names, pictures.__getitem__)
+
+
+def _files(paths: list[Path], names: list[str], labels=None, class_names=None) -> PictureSource:
+    def load(index: int) -> Image.Image:
+        try:
+            with Image.open(paths[index]) as opened:
+                return opened.convert("RGB")
+        except OSError as error:
+            raise ValueError(f"images: cannot read {str(paths[index])!r} as a picture: {error}") from error
+
+    return PictureSource(names, load, labels, class_names)
+
+
+def folder_source(root) -> PictureSource:
+    """Every picture under ``root``, recursively, in sorted path order; labels from subfolders as ImageFolder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"images: {str(root)!r} is not a folder")
+    paths = sorted(path for path in root.rglob("*") if path.suffix.lower() in PICTURE_SUFFIXES and path.is_file())
+    if not paths:
+        raise ValueError(f"images: no pictures ({', '.join(PICTURE_SUFFIXES)}) found under {str(root)!r}")
+    relative = [path.relative_to(root) for path in paths]
+    labels = class_names = None
+    if all(len(part.parts) > 1 for part in relative):
+        class_names = sorted({part.parts[0] for part in relative})
+        index = {name: k for k, name in enumerate(class_names)}
+        labels = [index[part.parts[0]] for part in relative]
+    return _files(paths, [part.as_posix() for part in relative], labels, class_names)
+
+
+def _dataset_source(dataset: Dataset) -> PictureSource:
+    if not hasattr(dataset, "__len__"):
+        raise TypeError("images: a Dataset without a length cannot be browsed by index; give a map-style Dataset")
+    count = len(dataset)
+    classes = getattr(dataset, "classes", None)
+    first = dataset[0] if count else None
+    paired = isinstance(first, (tuple, list))
+    labels = None
+    if paired and len(first) > 1:
+        targets = getattr(dataset, "targets", None)
+        # ImageFolder and most datasets list their targets: no need to decode every picture for the labels.
+        labels = list(targets) if targets is not None and len(targets) == count else [int(dataset[i][1]) for i in range(count)]
+
+    def load(index: int) -> Image.Image:
+        item = dataset[index]
+        return _picture(item[0] if isinstance(item, (tuple, list)) else item, f"item {index} of the Dataset")
+
+    return PictureSource([str(i) for i in range(count)], load, labels, list(classes) if classes is not None else None)
+
+
+def picture_source(images) -> PictureSource:
+    """Any accepted form of pictures -> a :class:`PictureSource`.
+
+    A folder (``str`` or ``Path``), a list of file paths, a list or ``{name: picture}`` dict of pictures (PIL
+    images, arrays), one picture, or a torch Dataset whose items are pictures or ``(picture, label)`` pairs.
+    """
+    if isinstance(images, (str, Path)):
+        return folder_source(images)
+    if isinstance(images, Mapping):
+        names = [str(name) for name in images]
+        return _in_memory(list(images.values()), names)
+    if isinstance(images, Dataset):
+        return _dataset_source(images)
+    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+        return _in_memory([images], ["0"])
+    if isinstance(images, Tensor):
+        raise TypeError("images: a tensor of model inputs is not a picture source; pass it as it is to a Session")
+    try:
+        items = list(images)
+    except TypeError:
+        raise TypeError(
+            "images: expected pictures (PIL images or uint8 arrays) in a list or dict, a folder, a list of file paths, "
+            f"a torch Dataset or a tensor (N, C, H, W); got {type(images).__name__}"
+        ) from None
+    if items and all(isinstance(item, (str, Path)) for item in items):
+        paths = [Path(item) for item in items]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise ValueError(f"images: {len(missing)} of the files given do not exist, e.g. {missing[0]!r}")
+        return _files(paths, [path.name for path in paths])
+    return _in_memory(items, [str(i) for i in range(len(items))])
+
