@@ -333,3 +333,37 @@ def occluded(picture, fill, box: tuple[int, int, int, int]):
     result = picture.copy()
     result[top:bottom, left:right] = fill[top:bottom, left:right]
     return result
+
+
+CURVE_COLORS = {
+    "deletion": (198, 40, 40),
+    "insertion": (25, 118, 210),
+    "rank correlation": (106, 27, 154),
+    "SSIM": (46, 125, 50),
+}
+
+
+def curves_picture(curves: dict, width: int = 160, height: int = 56, padding: int = 3) -> np.ndarray:
+    """Small line plots of curves in [0, 1] over [0, 1] (e.g. ``{"deletion": p, "insertion": q}``) on white,
+    each in its ``CURVE_COLORS`` colour, with a grey frame: a sparkline, labelled by the caption under it."""
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    canvas[[0, -1], :] = canvas[:, [0, -1]] = 200
+    inner_w, inner_h = width - 2 * padding, height - 2 * padding
+    for name, values in curves.items():
+        values = np.clip(_array(values).reshape(-1), 0.0, 1.0)
+        xs = padding + np.linspace(0, inner_w - 1, len(values))
+        ys = padding + (1.0 - values) * (inner_h - 1)
+        # Dense samples along each segment draw the line without a plotting library.
+        for (x0, y0), (x1, y1) in zip(zip(xs[:-1], ys[:-1]), zip(xs[1:], ys[1:])):
+            steps = int(max(abs(x1 - x0), abs(y1 - y0))) + 2
+            columns = np.round(np.linspace(x0, x1, steps)).astype(int)
+            rows = np.round(np.linspace(y0, y1, steps)).astype(int)
+            for offset in (0, 1):
+                canvas[np.clip(rows + offset, 0, height - 1), columns] = CURVE_COLORS.get(name, (0, 0, 0))
+    return canvas
+
+
+def strip(pictures: list[np.ndarray], side: int = 96, gap: int = 4) -> np.ndarray:
+    """Pictures in a row, each fitted into a ``side``-pixel square, white between them."""
+    tiles = np.stack([resize(to_rgb(picture), side, side) for picture in pictures])
+    return arrange(tiles, columns=len(tiles), padding=gap)

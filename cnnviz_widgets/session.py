@@ -415,13 +415,14 @@ class Session:
             "feature_maps", (index, layer), lambda: methods.feature_maps(self.model, self.input(index), layer, output=self.output)
         )
 
-    def grad_cam(self, index: int, layer: str, target: int) -> Tensor:
+    def grad_cam(self, index: int, layer: str, target: int, contrast: int | None = None) -> Tensor:
+        """Grad-CAM of ``target``; with ``contrast``, of ``logit[target] - logit[contrast]``."""
         index = self.check_index(index)
         layer = self.layer_name(layer)
         return self._cached(
             "heatmaps",
-            ("grad_cam", index, layer, int(target)),
-            lambda: methods.grad_cam(self.model, self.input(index), layer, target, output=self.output),
+            ("grad_cam", index, layer, int(target), contrast),
+            lambda: methods.grad_cam(self.model, self.input(index), layer, target, output=self.output, contrast=contrast),
         )
 
     def guided_backprop(self, index: int, target: int) -> Tensor:
@@ -478,6 +479,44 @@ class Session:
             return methods.filter_patterns(
                 replica, layer, filters, size=size, steps=steps, normalize=self.normalization(), checkpoint=checkpoint
             )
+
+    def explanation(self, index: int, method: str, layer: str, target: int, checkpoint=None) -> Tensor:
+        """The ``(H, W)`` importance map of ``method`` (see ``methods.explanations``), cached per settings."""
+        index = self.check_index(index)
+        layer = self.layer_name(layer)
+
+        def compute() -> Tensor:
+            with self.replicas.borrow(WORK) as replica:
+                return methods.explanation(
+                    replica, self.input(index), layer, target, method, output=self.output, checkpoint=checkpoint
+                )
+
+        return self._cached("heatmaps", ("explanation", index, method, layer, int(target)), compute)
+
+    def faithfulness(self, index: int, method: str, layer: str, target: int, checkpoint=None):
+        """Deletion and insertion curves of that map (Petsiuk et al. 2018), cached per settings."""
+        saliency = self.explanation(index, method, layer, target, checkpoint)
+
+        def compute():
+            with self.replicas.borrow(WORK) as replica:
+                return methods.deletion_insertion(
+                    replica, self.input(index), target, saliency, output=self.output, checkpoint=checkpoint
+                )
+
+        return self._cached("heatmaps", ("faithfulness", index, method, self.layer_name(layer), int(target)), compute)
+
+    def sanity(self, index: int, method: str, layer: str, target: int, checkpoint=None):
+        """The cascading randomisation of the model for that map (Adebayo et al. 2018)."""
+        index = self.check_index(index)
+        layer = self.layer_name(layer)
+
+        def compute():
+            with self.replicas.borrow(WORK) as replica:
+                return methods.sanity_check(
+                    replica, self.input(index), target, method, layer=layer, output=self.output, checkpoint=checkpoint
+                )
+
+        return self._cached("heatmaps", ("sanity", index, method, layer, int(target)), compute)
 
     def normalization(self):
         """The ``(mean, std)`` the preprocessing applies, read off it (None when it is of another form)."""

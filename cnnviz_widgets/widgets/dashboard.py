@@ -45,6 +45,8 @@ class Dashboard(widgets.VBox):
         # Early layers teach most in Feature maps and Filters, the last one in Grad-CAM: only the heatmaps share.
         for panel in (self.panels["Grad-CAM"], self.panels["Guided backprop"]):
             traitlets.link((self, "layer"), (panel, "layer"))
+        if "Mistakes" in self.panels:
+            self.panels["Mistakes"].observe(self._cell_chosen, "cell")
         grad_cam = self.panels["Grad-CAM"]
         self.target = grad_cam.target
         for panel in self.panels.values():
@@ -57,6 +59,23 @@ class Dashboard(widgets.VBox):
         self._tab_shown(None)
         self._describe()
         self.session.watch(self._weights_changed)
+
+    def _cell_chosen(self, change) -> None:
+        """A cell (true A, predicted B) of the confusion matrix: its first image becomes the current one, and
+        Grad-CAM shows why B rather than A."""
+        if change["new"] is None:
+            return
+        true, predicted = change["new"]
+        shown = self.panels["Mistakes"].shown
+        if not len(shown):
+            return
+        self.image = int(shown[0])
+        grad_cam = self.grad_cam
+        with grad_cam.settling():
+            grad_cam.second_chooser.value = true
+            grad_cam.target = predicted
+            grad_cam.contrastive = True
+        self.target = predicted
 
     def _weights_changed(self, generation: int) -> None:
         for panel in self.panels.values():

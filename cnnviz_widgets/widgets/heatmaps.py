@@ -61,6 +61,7 @@ class GradCAMPanel(_ClassPanel):
     title = "Grad-CAM"
     caption = "which parts of the picture push the model towards each class (red = strong), for two classes side by side"
     second_target = traitlets.Int(0, help="the class shown on the right")
+    contrastive = traitlets.Bool(False, help="the right picture shows why the first class rather than the second")
 
     def _build(self):
         self._common_controls()
@@ -73,6 +74,8 @@ class GradCAMPanel(_ClassPanel):
         self.left.add_class("cnnviz-grad-cam-left")
         self.right.add_class("cnnviz-grad-cam-right")
         self.second_chooser.add_class("cnnviz-second-class-chooser")
+        self.contrast_box = widgets.Checkbox(value=False, description="right: why the first class rather than the second", indent=False)
+        self.contrast_box.add_class("cnnviz-contrast")
         for control in (self.opacity, self.cmap):
             control.observe(lambda _: self.refresh(), "value")
         views = widgets.HBox(
@@ -82,8 +85,8 @@ class GradCAMPanel(_ClassPanel):
         return [
             self.picker,
             self.layer_chooser,
-            widgets.HBox([self.class_chooser, self.second_chooser]),
-            widgets.HBox([self.opacity, self.cmap]),
+            widgets.HBox([self.class_chooser, self.second_chooser], layout=widgets.Layout(flex_flow="row wrap")),
+            widgets.HBox([self.contrast_box, self.opacity, self.cmap], layout=widgets.Layout(flex_flow="row wrap")),
             views,
         ]
 
@@ -92,8 +95,9 @@ class GradCAMPanel(_ClassPanel):
         self.second_chooser.rank_for(self.image, rank=1)
         self.second_target = self.second_chooser.value
         widgets.link((self.second_chooser, "value"), (self, "second_target"))
+        widgets.link((self.contrast_box, "value"), (self, "contrastive"))
         self.observe(self._on_image, "image")
-        self.observe(lambda _: self.refresh(), ["layer", "target", "second_target"])
+        self.observe(lambda _: self.refresh(), ["layer", "target", "second_target", "contrastive"])
         self.refresh()
 
     @shows_errors
@@ -104,28 +108,34 @@ class GradCAMPanel(_ClassPanel):
 
     def refresh(self) -> None:
         """Recompute both heatmaps for the current image, layer, classes and display options."""
-        key = (self.image, self.layer, self.target, self.second_target, self.opacity.value, self.cmap.value)
+        key = (self.image, self.layer, self.target, self.second_target, self.opacity.value, self.cmap.value, self.contrastive)
         self.request(lambda: self._render(key), self._show)
 
-    def _overlay(self, image, layer, target, opacity, cmap) -> tuple[bytes, np.ndarray]:
+    def _overlay(self, image, layer, target, opacity, cmap, contrast=None) -> tuple[bytes, np.ndarray]:
         def compute():
-            cam = self.session.grad_cam(image, layer, target)
+            cam = self.session.grad_cam(image, layer, target, contrast)
             picture = render.overlay(self.session.view(image), cam, alpha=opacity, cmap=cmap)
             return render.to_png(picture), picture
 
-        return self._rendered.get((self.session.generation, image, layer, target, opacity, cmap), compute)
+        return self._rendered.get((self.session.generation, image, layer, target, opacity, cmap, contrast), compute)
 
     def _render(self, key):
-        image, layer, target, second, opacity, cmap = key
+        image, layer, target, second, opacity, cmap, contrastive = key
         probabilities = self.session.probabilities(image)
-        sides = [self._overlay(image, layer, k, opacity, cmap) for k in (target, second)]
         names = self.session.class_names
-        labels = [drawing.probability_label(names[k], probabilities[k]) for k in (target, second)]
-        return key, sides, labels
+        left = self._overlay(image, layer, target, opacity, cmap)
+        left_label = drawing.probability_label(names[target], probabilities[target])
+        if contrastive:
+            right = self._overlay(image, layer, target, opacity, cmap, contrast=second)
+            right_label = f"why {names[target]} rather than {names[second]}"
+        else:
+            right = self._overlay(image, layer, second, opacity, cmap)
+            right_label = drawing.probability_label(names[second], probabilities[second])
+        return key, (left, right), (left_label, right_label)
 
     def _show(self, result) -> None:
         key, ((left_png, left), (right_png, right)), (left_label, right_label) = result
-        image, layer, _, _, opacity, cmap = key
+        image, layer, _, _, opacity, cmap, _ = key
         likely = [k for k, _ in self.session.ranked_classes(image)[:PREFETCH_CLASSES]]
         self.prefetch([lambda k=k: self._overlay(image, layer, k, opacity, cmap) for k in likely])
         self.left.value, self.right.value = left_png, right_png

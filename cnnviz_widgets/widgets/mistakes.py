@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipywidgets as widgets
+import traitlets
 import numpy as np
 
 from .. import render
@@ -13,6 +14,11 @@ from .picture import ClickablePicture
 
 GALLERY_PAGE = 24
 GALLERY_SIDE = 72
+# The gallery takes the room the matrix leaves, in columns of one picture and its caption: at least 4 beside the
+# matrix (or it goes below it), at most 8 (3 rows of a page).
+GALLERY_COLUMN = GALLERY_SIDE + 28
+GALLERY_MIN_COLUMNS = 4
+GALLERY_MAX_COLUMNS = 8
 ALL = -1
 
 
@@ -21,9 +27,11 @@ class MistakesPanel(Panel):
 
     title = "Mistakes"
     caption = "the images the model gets wrong, most confident mistakes first; click a cell of the matrix to see only those"
+    cell = traitlets.Any(None, help="the (true class, predicted class) cell of the matrix clicked last, or None")
 
     def _build(self):
-        self.matrix_box = widgets.Box(layout=widgets.Layout(min_width="320px"))
+        # Never wider than the panel: a matrix of many classes scrolls in its box rather than under the gallery.
+        self.matrix_box = widgets.Box(layout=widgets.Layout(flex="0 1 auto", max_width="100%", overflow="auto"))
         self.true_class = widgets.Dropdown(description="true", layout=widgets.Layout(width="220px"))
         self.predicted_class = widgets.Dropdown(description="predicted", layout=widgets.Layout(width="220px"))
         self.order = widgets.ToggleButtons(
@@ -43,17 +51,26 @@ class MistakesPanel(Panel):
         for position, slot in enumerate(self.slots):
             slot.on_point(lambda x, y, kind, position=position: self._clicked(position))
         self.gallery = widgets.GridBox(
-            self.cards, layout=widgets.Layout(grid_template_columns=f"repeat(6, {GALLERY_SIDE + 28}px)")
+            self.cards, layout=widgets.Layout(grid_template_columns=f"repeat(auto-fill, {GALLERY_COLUMN}px)")
         )
         self.gallery.add_class("cnnviz-mistakes-gallery")
         self.evaluation = None
         self.matrix: ConfusionMatrix | None = None
         self._shown: np.ndarray = np.zeros(0, dtype=np.int64)
         self._page = 0
-        filters = widgets.HBox([self.true_class, self.predicted_class])
+        filters = widgets.HBox([self.true_class, self.predicted_class], layout=widgets.Layout(flex_flow="row wrap"))
         paging = widgets.HBox([self.previous, self.next, self.summary], layout=widgets.Layout(align_items="center"))
-        gallery = widgets.VBox([filters, self.order, paging, self.gallery])
-        return [widgets.HBox([self.matrix_box, gallery], layout=widgets.Layout(grid_gap="16px", align_items="flex-start"))]
+        gallery = widgets.VBox(
+            [filters, self.order, paging, self.gallery],
+            layout=widgets.Layout(
+                flex=f"1 1 {GALLERY_MIN_COLUMNS * GALLERY_COLUMN}px", max_width=f"{GALLERY_MAX_COLUMNS * GALLERY_COLUMN}px"
+            ),
+        )
+        return [
+            widgets.Box(
+                [self.matrix_box, gallery], layout=widgets.Layout(flex_flow="row wrap", grid_gap="16px", align_items="flex-start")
+            )
+        ]
 
     def _start(self) -> None:
         self.previous.on_click(lambda _: self._turn(-1))
@@ -92,6 +109,8 @@ class MistakesPanel(Panel):
         with self.settling(then=self._filter):
             self.true_class.value = true
             self.predicted_class.value = predicted
+        # Said once the gallery lists that cell's images: whoever follows the cell can pick from them.
+        self.cell = None if cell is None else (int(cell[0]), int(cell[1]))
 
     def _filter(self) -> None:
         if self._settling or self.evaluation is None:

@@ -40,6 +40,17 @@ def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
     chosen = int(mistakes._shown[1])
     assert dashboard.image == chosen and grad_cam.image == chosen
 
+    # A cell (true A, predicted B): its first image, and Grad-CAM's "why B rather than A".
+    true, predicted = int(mistakes.evaluation.labels[chosen]), int(mistakes.evaluation.predictions[chosen])
+    mistakes.matrix.selection = (true, predicted)
+    settled(dashboard)
+    first = int(mistakes.shown[0])
+    assert dashboard.image == first and grad_cam.image == first
+    assert (grad_cam.target, grad_cam.second_target, grad_cam.contrastive) == (predicted, true, True)
+    dashboard.tabs.selected_index = list(dashboard.panels).index("Grad-CAM")
+    settled(dashboard)
+    assert f"why {names[predicted]} rather than {names[true]}" in grad_cam.right_label.value
+
     # The heatmaps share their layer; feature maps and filters keep the first layer, where they teach most.
     grad_cam.layer = "features.conv2"
     assert dashboard.panels["Guided backprop"].layer == "features.conv2"

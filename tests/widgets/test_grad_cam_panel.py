@@ -46,6 +46,20 @@ def test_class_layer_and_opacity_changes_repaint_the_overlay(digits):
     state.assert_unchanged()
 
 
+def test_the_right_picture_can_show_why_the_first_class_rather_than_the_second(digits):
+    model, pictures, labels, names = digits
+    state = ModelState(model)
+    panel = settled(panel_of(cw.GradCAMPanel, digits))
+    picture = np.asarray(panel.session.view(0))
+    x = cw.demo.digits_preprocess(pictures[0])
+    panel.contrast_box.value = True
+    settled(panel)
+    contrast = cw.grad_cam(model, x, "features.conv3", panel.target, contrast=panel.second_target)
+    np.testing.assert_array_equal(pixels(panel.right.value), render.overlay(picture, contrast, alpha=0.5, cmap="jet"))
+    assert f"why {names[panel.target]} rather than {names[panel.second_target]}" in panel.right_label.value
+    state.assert_unchanged()
+
+
 def test_a_new_image_takes_its_own_most_probable_class(digits):
     model, pictures, labels, names = digits
     panel = settled(panel_of(cw.GradCAMPanel, digits))
