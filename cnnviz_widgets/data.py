@@ -22,7 +22,7 @@ from .layers import called_layers, embedding_layer, resolve_layer
 from .outputs import check_output, logits_of
 from .probe import probe
 from .replica import borrow
-from .sources import default_preprocess, picture_source
+from .sources import PictureSource, default_preprocess, picture_source
 
 PROJECTION_METHODS = ("pca", "tsne", "umap")
 POOLING = ("avg", "flatten")
@@ -58,7 +58,7 @@ def _split_item(item, where: str) -> tuple[Tensor, Tensor | None]:
 
 def _holds_pictures(images) -> bool:
     """Whether ``images`` are pictures for a preprocessing rather than model inputs."""
-    if isinstance(images, (str, Path, dict)):
+    if isinstance(images, (str, Path, dict, PictureSource)):
         return True
     if isinstance(images, (list, tuple)):
         return bool(images) and not isinstance(images[0], Tensor)
@@ -203,6 +203,14 @@ class Evaluation:
             raise ValueError(f"{argument}: class index {value} out of range 0..{self.num_classes - 1}")
         return int(value)
 
+    def most_confused(self, count: int = 10) -> list[tuple[int, int, int]]:
+        """The ``count`` most frequent mistakes as ``(true class, predicted class, images)``, most first."""
+        off_diagonal = self.confusion.copy()
+        np.fill_diagonal(off_diagonal, 0)
+        flat = np.argsort(-off_diagonal, axis=None, kind="stable")[:count]
+        pairs = [(*np.unravel_index(cell, off_diagonal.shape), off_diagonal.flat[cell]) for cell in flat]
+        return [(int(true), int(predicted), int(images)) for true, predicted, images in pairs if images > 0]
+
     def mistakes(self, true: int | None = None, predicted: int | None = None) -> np.ndarray:
         """Indices of the misclassified images, most confident first; optionally only true class ``true``
         and/or predicted class ``predicted``."""
@@ -256,15 +264,45 @@ def evaluate(
     output: a callable from the model's output to its logits (see :func:`~cnnviz_widgets.outputs.logits_of`).
     checkpoint: called as ``checkpoint(fraction_done)`` before each batch; raise from it to stop.
     """
+    evaluation, _ = _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=False)
+    return evaluation
+
+
+def evaluate_and_embed(
+    model: nn.Module,
+    images,
+    labels=None,
+    batch_size: int = 64,
+    *,
+    preprocess=None,
+    progress: bool = True,
+    output=None,
+    checkpoint=None,
+) -> tuple[Evaluation, np.ndarray]:
+    """:func:`evaluate` and :func:`embed` at the default layer in one pass over the images: for a test set
+    that takes minutes to read, the second pass would double the wait. Same arguments as :func:`evaluate`."""
+    return _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=True)
+
+
+def _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool):
     model = check_model(model)
     output = check_output(output)
     source = _Images(images, check_positive_int(batch_size, "batch_size"), preprocess)
     given = None if labels is None else _labels_array(labels, source.count)
-    logits, seen_labels = [], []
-    with borrow(model) as replica, probe(replica) as capture:
+    logits, seen_labels, features = [], [], []
+    with borrow(model) as replica:
         device = model_device(replica)
+        watch = {}
         for batch, batch_labels in _batches(source, "evaluate", progress, checkpoint):
-            logits.append(logits_of(capture.run(batch.to(device)), output).float().cpu())
+            batch = batch.to(device)
+            if embedding and not watch:
+                kind, name = embedding_layer(called_layers(replica, batch[:1], output), model)
+                watch = {"inputs" if kind == "input" else "outputs": [(name, replica.get_submodule(name))]}
+            with probe(replica, **watch) as capture:
+                logits.append(logits_of(capture.run(batch), output).float().cpu())
+            if embedding:
+                seen = capture.inputs if kind == "input" else capture.outputs
+                features.append(_pooled(seen[name], "avg", name).float().cpu())
             if given is None:
                 if batch_labels is None:
                     raise ValueError("labels: not given, and the images carry none; pass labels=")
@@ -282,12 +320,13 @@ def evaluate(
     predictions = logits.argmax(dim=1).numpy().astype(np.int64)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (true, predictions), 1)
-    return Evaluation(
+    evaluation = Evaluation(
         labels=true,
         predictions=predictions,
         probabilities=torch.softmax(logits, dim=1).numpy().astype(np.float32),
         confusion=confusion,
     )
+    return evaluation, (torch.cat(features).numpy() if embedding else None)
 
 
 def _pooled(activations, pool: str, layer_name: str) -> Tensor:

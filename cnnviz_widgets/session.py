@@ -22,7 +22,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from . import methods
-from .data import embed, evaluate
+from .cache import DiskCache, callable_digest, check_cache, weights_digest
+from .cache import key as cache_key
+from .data import Evaluation, embed, evaluate_and_embed
 from .inputs import check_model, input_channels, model_device
 from .layers import called_layers, heatmap_layer, is_conv, resolve_layer
 from .methods.occlusion import fill_of
@@ -180,9 +182,11 @@ class Session:
     class_names: one name per class of the model; by default a folder's subfolder names when there are as
         many as the model has classes.
     output: a callable from the model's output to its logits (see :mod:`cnnviz_widgets.outputs`).
+    cache: where the pass over every image keeps its results (predictions, probabilities, embeddings):
+        None for the platform's user cache folder, a folder path, or False for no disk cache.
     """
 
-    def __init__(self, model, images, preprocess=None, class_names=None, labels=None, output=None):
+    def __init__(self, model, images, preprocess=None, class_names=None, labels=None, output=None, cache=None):
         self.model = check_model(model)
         self.output = check_output(output)
         if preprocess is not None and not callable(preprocess):
@@ -195,6 +199,8 @@ class Session:
         self.labels = None if labels is None else np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1)
         if self.labels is not None and len(self.labels) != len(self.pictures):
             raise ValueError(f"labels: {len(self.labels)} labels for {len(self.pictures)} images; give one per image")
+        folder = check_cache(cache)
+        self._disk = None if folder is None else DiskCache(folder)
         self.replicas = replicas_of(model)
         self._generation = self.replicas.check()
         self._caches = {
@@ -526,36 +532,64 @@ class Session:
         """Predictions, probabilities and confusion over every image (needs labels)."""
         if self.labels is None:
             raise ValueError("labels: the mistakes view needs the true class of each image; pass labels=")
-
-        def compute():
-            with self.replicas.borrow(WORK) as replica:
-                return evaluate(replica, self.inputs(), self.labels, progress=False, output=self.output, checkpoint=checkpoint)
-
-        return self._cached("once", ("evaluation",), compute)
+        return self._dataset_pass(checkpoint)[0]
 
     def embeddings(self, layer: str | None, checkpoint=None) -> np.ndarray:
-        """Embeddings of every image at ``layer`` (None: the classifier's input), cached per layer."""
+        """Embeddings of every image at ``layer`` (None: the classifier's input, from the one pass), cached."""
+        if layer is None:
+            return self._dataset_pass(checkpoint)[1]
 
         def compute():
             with self.replicas.borrow(WORK) as replica:
-                return embed(replica, self.inputs(), layer, progress=False, output=self.output, checkpoint=checkpoint)
+                return embed(
+                    replica, self._images(), layer, preprocess=self.preprocess, progress=False, output=self.output,
+                    checkpoint=checkpoint,
+                )
 
         return self._cached("once", ("embeddings", layer), compute)
 
     def predictions(self, checkpoint=None) -> np.ndarray:
-        """The predicted class of every image (from the evaluation when labels are known)."""
-        if self.labels is not None:
-            return self.evaluation(checkpoint).predictions
+        """The predicted class of every image."""
+        return self._dataset_pass(checkpoint)[0].predictions
 
-        def compute() -> np.ndarray:
-            with self.replicas.borrow(WORK) as replica, probe(replica) as capture:
-                logits = []
-                batches = self.inputs().split(64)
-                for done, batch in enumerate(batches):
-                    if checkpoint is not None:
-                        checkpoint(done / len(batches))
-                    logits.append(logits_of(capture.run(batch.to(model_device(replica))), self.output))
-            return torch.cat(logits).argmax(dim=1).cpu().numpy()
+    def _images(self):
+        """What a pass reads: the inputs given, or the pictures, which the pass preprocesses batch by batch."""
+        return torch.cat(self._given_inputs) if self._given_inputs is not None else self.pictures
 
-        return self._cached("once", ("predictions",), compute)
+    def _dataset_pass(self, checkpoint=None):
+        """Evaluation and classifier-input embeddings of every image from a single pass, kept on disk."""
+
+        def compute():
+            entry = self._pass_entry()
+            stored = None if entry is None else self._disk.load(entry)
+            if stored is not None:
+                return Evaluation(stored["labels"], stored["predictions"], stored["probabilities"], stored["confusion"]), stored["embeddings"]
+            # Without labels the pass still gives predictions and embeddings; its confusion is not shown.
+            labels = self.labels if self.labels is not None else np.zeros(self.count, dtype=np.int64)
+            with self.replicas.borrow(WORK) as replica:
+                evaluation, embeddings = evaluate_and_embed(
+                    replica, self._images(), labels, preprocess=self.preprocess, progress=False, output=self.output,
+                    checkpoint=checkpoint,
+                )
+            if entry is not None:
+                arrays = {name: getattr(evaluation, name) for name in ("labels", "predictions", "probabilities", "confusion")}
+                self._disk.save(entry, {**arrays, "embeddings": embeddings})
+            return evaluation, embeddings
+
+        return self._cached("once", ("pass",), compute)
+
+    def _pass_entry(self) -> str | None:
+        """The disk cache's key for this model, these pictures and this preprocessing; None when not cached."""
+        if self._disk is None:
+            return None
+        if self._given_inputs is not None:
+            pictures = torch.cat(self._given_inputs).numpy().tobytes()
+        else:
+            pictures = self.pictures.identity()
+            if pictures is None:
+                return None
+        with self.replicas.borrow(VIEWS) as replica:
+            weights = weights_digest(replica)
+        labels = b"" if self.labels is None else self.labels.tobytes()
+        return cache_key(weights, pictures, labels, callable_digest(self.preprocess), callable_digest(self.output))
 

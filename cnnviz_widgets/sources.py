@@ -10,6 +10,7 @@ root, the subfolders' names, sorted, are the classes and give the labels.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -49,9 +50,10 @@ class PictureSource(Sequence):
     class_names: the names of those classes (a folder's subfolders), or None.
     """
 
-    def __init__(self, names: list[str], load, labels=None, class_names=None):
+    def __init__(self, names: list[str], load, labels=None, class_names=None, identity=None):
         self.names = names
         self._load = load
+        self._identity = identity
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.class_names = class_names
         self._decoded: OrderedDict[int, Image.Image] = OrderedDict()
@@ -59,6 +61,11 @@ class PictureSource(Sequence):
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def identity(self) -> bytes | None:
+        """What tells these pictures apart from any other list (for the disk cache): files' paths, sizes and
+        modification times, or in-memory pixels; None when it cannot be known cheaply (a Dataset's items)."""
+        return None if self._identity is None else self._identity()
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -80,7 +87,15 @@ class PictureSource(Sequence):
 
 def _in_memory(items: list, names: list[str]) -> PictureSource:
     pictures = [_picture(item, f"picture {name!r}") for item, name in zip(items, names)]
-    return PictureSource(names, pictures.__getitem__)
+
+    def identity() -> bytes:
+        digest = hashlib.sha256()
+        for picture in pictures:
+            digest.update(str(picture.size).encode())
+            digest.update(picture.tobytes())
+        return digest.digest()
+
+    return PictureSource(names, pictures.__getitem__, identity=identity)
 
 
 def _files(paths: list[Path], names: list[str], labels=None, class_names=None) -> PictureSource:
@@ -91,7 +106,14 @@ def _files(paths: list[Path], names: list[str], labels=None, class_names=None) -
         except OSError as error:
             raise ValueError(f"images: cannot read {str(paths[index])!r} as a picture: {error}") from error
 
-    return PictureSource(names, load, labels, class_names)
+    def identity() -> bytes:
+        digest = hashlib.sha256()
+        for path in paths:
+            status = path.stat()
+            digest.update(f"{path.resolve()}|{status.st_size}|{status.st_mtime_ns}\n".encode())
+        return digest.digest()
+
+    return PictureSource(names, load, labels, class_names, identity)
 
 
 def folder_source(root) -> PictureSource:
@@ -128,7 +150,12 @@ def _dataset_source(dataset: Dataset) -> PictureSource:
         item = dataset[index]
         return _picture(item[0] if isinstance(item, (tuple, list)) else item, f"item {index} of the Dataset")
 
-    return PictureSource([str(i) for i in range(count)], load, labels, list(classes) if classes is not None else None)
+    samples = getattr(dataset, "samples", None)
+    identity = None
+    if samples is not None and len(samples) == count:
+        # ImageFolder and its kin list their files: the files identify the pictures, as for a folder.
+        identity = _files([Path(path) for path, *_ in samples], [str(i) for i in range(count)]).identity
+    return PictureSource([str(i) for i in range(count)], load, labels, list(classes) if classes is not None else None, identity)
 
 
 def picture_source(images) -> PictureSource:
@@ -137,6 +164,8 @@ def picture_source(images) -> PictureSource:
     A folder (``str`` or ``Path``), a list of file paths, a list or ``{name: picture}`` dict of pictures (PIL
     images, arrays), one picture, or a torch Dataset whose items are pictures or ``(picture, label)`` pairs.
     """
+    if isinstance(images, PictureSource):
+        return images
     if isinstance(images, (str, Path)):
         return folder_source(images)
     if isinstance(images, Mapping):

@@ -336,3 +336,23 @@ def test_project_bad_arguments(kwargs, error, argument):
 def test_project_bad_embeddings(embeddings, argument):
     with pytest.raises(ValueError, match=argument):
         cw.project(embeddings, "pca", dims=3)
+
+
+def test_one_pass_gives_the_evaluation_and_the_embeddings_of_two(digits):
+    x, y, _ = digits
+    model = cw.demo.digits_model()
+    evaluation, embeddings = data.evaluate_and_embed(model, x[:70], y[:70], batch_size=32, progress=False)
+    alone = cw.evaluate(model, x[:70], y[:70], progress=False)
+    np.testing.assert_array_equal(evaluation.confusion, alone.confusion)
+    np.testing.assert_allclose(evaluation.probabilities, alone.probabilities, atol=1e-6)
+    np.testing.assert_allclose(embeddings, cw.embed(model, x[:70], progress=False), atol=1e-5)
+
+
+def test_the_most_confused_pairs_are_the_largest_off_diagonal_cells():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    predictions = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1])
+    confusion = confusion_matrix(labels, predictions, labels=range(3))
+    evaluation = data.Evaluation(labels, predictions, np.eye(3, dtype=np.float32)[predictions], confusion)
+    # By hand: 2 -> 0 three times, 0 -> 1 twice, then 1 -> 0 and 2 -> 1 once each (row-major order for ties).
+    assert evaluation.most_confused(3) == [(2, 0, 3), (0, 1, 2), (1, 0, 1)]
+    assert evaluation.most_confused(10) == [(2, 0, 3), (0, 1, 2), (1, 0, 1), (2, 1, 1)]

@@ -152,18 +152,35 @@ class LayerChooser(widgets.Dropdown):
 class TaskBar(widgets.HBox):
     """Progress of the panel's long work, with a Stop button; hidden while nothing long runs."""
 
-    def __init__(self):
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="240px"))
         self.stop = widgets.Button(description="Stop", icon="stop", button_style="warning", layout=widgets.Layout(width="90px"))
         self.status = widgets.HTML()
         super().__init__([self.progress, self.stop, self.status], layout=widgets.Layout(display="none", align_items="center"))
         self.stop.add_class("cnnviz-stop")
         self.add_class("cnnviz-task-bar")
+        self._text, self._count, self._unit, self._started = "", None, "images", clock()
 
-    def running(self, text: str) -> None:
+    def running(self, text: str, count: int | None = None, unit: str = "images") -> None:
+        """Show ``text``; with ``count``, progress also reads as items done, items per second and time left."""
+        self._text, self._count, self._unit = text, count, unit
+        self._started = self._clock()
         self.progress.value = 0.0
         self.status.value = f"<span style='font-size:12px'>{drawing.escape(text)}</span>"
         self.layout.display = "flex"
+
+    def advance(self, fraction: float) -> None:
+        self.progress.value = fraction
+        if not self._count or fraction <= 0:
+            return
+        elapsed = self._clock() - self._started
+        done = round(fraction * self._count)
+        left = elapsed * (1 - fraction) / fraction
+        self.status.value = (
+            f"<span style='font-size:12px'>{drawing.escape(self._text)} {done:,} of {self._count:,} · "
+            f"{done / max(elapsed, 1e-6):,.0f} {self._unit}/s · {drawing.duration(left)} left</span>"
+        )
 
     def done(self) -> None:
         self.layout.display = "none"
@@ -187,13 +204,25 @@ class Panel(widgets.VBox):
     image = traitlets.Int(0, help="index of the current image")
 
     def __init__(
-        self, model=None, images=None, preprocess=None, class_names=None, labels=None, *, output=None, session=None, active=True
+        self,
+        model=None,
+        images=None,
+        preprocess=None,
+        class_names=None,
+        labels=None,
+        *,
+        output=None,
+        cache=None,
+        session=None,
+        active=True,
     ):
         self._owns_session = session is None
         if session is None:
             if model is None or images is None:
                 raise TypeError(f"{type(self).__name__}: give a model and images (or a shared session=)")
-            session = Session(model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output)
+            session = Session(
+                model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output, cache=cache
+            )
         self.session = session
         self.message = widgets.HTML(layout=widgets.Layout(display="none"))
         self.note = widgets.HTML(layout=widgets.Layout(display="none"))
@@ -298,18 +327,19 @@ class Panel(widgets.VBox):
 
         self.prefetcher.submit(work, lambda result: None)
 
-    def request_long(self, text: str, work, apply) -> None:
+    def request_long(self, text: str, work, apply, count: int | None = None) -> None:
         """Like :meth:`request` for work that takes seconds: ``work(task)`` reports progress and can be stopped.
 
+        count: how many images the work reads, for a rate and a time left beside the progress bar.
         A hidden panel keeps only the newest such request and runs it when shown, as :meth:`request` does.
         """
         if self._settling:
             return
         if not self._active:
-            self._deferred_long = (text, work, apply)
+            self._deferred_long = (text, work, apply, count)
             return
         self.clear_error()
-        self.task_bar.running(text)
+        self.task_bar.running(text, count)
         self.long_runner.submit(work, lambda result: self._apply(apply, result))
 
     def set_active(self, active: bool) -> None:
@@ -327,7 +357,7 @@ class Panel(widgets.VBox):
             apply(result)
 
     def _progress(self, fraction: float) -> None:
-        self.task_bar.progress.value = fraction
+        self.task_bar.advance(fraction)
 
     def stop(self) -> None:
         """Stop the long work under way; the panel keeps what it showed before."""

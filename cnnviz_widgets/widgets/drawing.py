@@ -23,6 +23,16 @@ def percent(probability: float) -> str:
     return f"{probability:.1%}" if probability >= 0.001 or probability == 0 else f"{probability * 100:.2g}%"
 
 
+def duration(seconds: float) -> str:
+    """A time left as people say it: 8 s, 2 min 05 s, 1 h 12 min."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def probability_label(name: str, probability: float) -> str:
     return f"{name} — {percent(probability)}"
 

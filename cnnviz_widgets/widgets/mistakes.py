@@ -85,7 +85,7 @@ class MistakesPanel(Panel):
 
     def refresh(self) -> None:
         """Classify every image (on the model's replica) and show the matrix and the gallery."""
-        self.request_long(f"classifying {self.session.count} images…", self._evaluate, self._show_evaluation)
+        self.request_long("classifying", self._evaluate, self._show_evaluation, count=self.session.count)
 
     def _evaluate(self, task):
         return self.session.evaluation(task.checkpoint)

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 import cnnviz_widgets as cw
+from cnnviz_widgets.widgets.base import TaskBar
 from tests.model_state import ModelState
 from panel_support import pixels, settled
 
@@ -56,3 +57,12 @@ def test_without_labels_the_panel_says_what_it_needs():
     assert "labels" in panel.error and "pass labels=" in panel.error
     panel.save_button.click()
     assert "nothing is shown yet, so there is nothing to save" in panel.error
+
+
+def test_the_progress_reads_as_images_per_second_and_time_left():
+    clock = iter([100.0, 100.0, 102.0])
+    bar = TaskBar(clock=lambda: next(clock))
+    bar.running("classifying", count=120)
+    bar.advance(0.25)
+    # 30 images in 2 s: 15 images/s, and the 90 left take 6 s.
+    assert "classifying 30 of 120 · 15 images/s · 6 s left" in bar.status.value
