@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .render import to_picture
+from .sources import PictureSource
 
 BACKGROUND = (255, 255, 255)
 
@@ -32,12 +34,15 @@ class Atlas:
         return buffer.getvalue()
 
 
-def pictures(images) -> list[Image.Image]:
+def pictures(images) -> Sequence[Image.Image]:
     """Images in any usual form -> RGB PIL images.
 
     Accepts a tensor (N, C, H, W) (values in [0, 1], or anything else, min-max scaled per image), a numpy
-    array (N, H, W), (N, H, W, C) or (N, C, H, W), or a sequence of PIL images / arrays.
+    array (N, H, W), (N, H, W, C) or (N, C, H, W), a sequence of PIL images / arrays, or a
+    :class:`~cnnviz_widgets.sources.PictureSource`, whose pictures stay on disk until each is drawn.
     """
+    if isinstance(images, PictureSource):
+        return images
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
             raise ValueError(f"images: expected a tensor (N, C, H, W), got shape {tuple(images.shape)}")
@@ -65,7 +70,7 @@ def build_atlas(images, thumbnail_size: int = 32, max_side: int = 8192) -> Atlas
     Thumbnails shrink below ``thumbnail_size`` when needed to fit all of them.
     """
     tiles = pictures(images)
-    if not tiles:
+    if not len(tiles):
         raise ValueError("images: no images given")
     columns = math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / columns)
@@ -73,7 +78,9 @@ def build_atlas(images, thumbnail_size: int = 32, max_side: int = 8192) -> Atlas
     if size < 1:
         raise ValueError(f"images: {len(tiles)} thumbnails cannot fit in a {max_side}-pixel atlas")
     atlas = Image.new("RGB", (columns * size, rows * size), BACKGROUND)
-    for index, tile in enumerate(tiles):
+    # One picture at a time: a folder of 50,000 photos is never decoded all at once.
+    for index in range(len(tiles)):
+        tile = tiles[index]
         thumbnail = ImageOps.pad(tile, (size, size), method=Image.Resampling.BILINEAR, color=BACKGROUND)
         atlas.paste(thumbnail, ((index % columns) * size, (index // columns) * size))
     return Atlas(image=atlas, thumbnail_size=size, columns=columns, count=len(tiles))
