@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,27 @@ def test_a_dashboard_on_a_folder_agrees_with_evaluate(digit_folder):
         np.testing.assert_array_equal(mistakes.evaluation.predictions, direct.predictions)
     finally:
         dashboard.close()
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_pass_over_more_pictures_than_the_cache_holds_keeps_memory_flat():
+    side, count = 256, sources.DECODED_PICTURES * 12
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+    def load(index: int) -> Image.Image:
+        return Image.fromarray(np.random.default_rng(index).integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+    source = sources.PictureSource([str(i) for i in range(count)], load)
+    preprocess = lambda picture: torchvision.transforms.functional.to_tensor(picture.resize((32, 32)))  # noqa: E731
+    session = Session(model, source, preprocess=preprocess, labels=np.zeros(count, dtype=np.int64), cache=False)
+    resident = []
+    assert len(session.evaluation(lambda fraction: resident.append((fraction, resident_bytes()))).predictions) == count
+    # By a quarter of the pass the decoded-picture cache is full (256 of 3,072 pictures); from there on
+    # memory stays flat, where keeping the pictures decoded would add 450 MB.
+    settled = next(size for fraction, size in resident if fraction >= 0.25)
+    grown = max(size for _, size in resident) - settled
+    assert grown < 20 * 2**20, f"grew by {grown / 2**20:.0f} MiB over the last three quarters of the pass"
