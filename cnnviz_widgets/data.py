@@ -8,6 +8,7 @@ model's device, on the model's private replica (:mod:`cnnviz_widgets.replica`): 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -129,7 +130,10 @@ class _Images:
             yield images, labels
 
     def _picture_batches(self, source, preprocess) -> Iterator[tuple[Tensor, Tensor | None]]:
-        for start in range(0, self.count, self.batch_size):
+        """Batches of preprocessed pictures; the next batch is decoded on a thread while the model reads this
+        one (decoding and resizing release the GIL), so the pass runs at the model's pace."""
+
+        def prepared(start: int) -> tuple[Tensor, Tensor | None]:
             stop = min(start + self.batch_size, self.count)
             inputs = []
             for index in range(start, stop):
@@ -138,7 +142,16 @@ class _Images:
                     raise TypeError(f"preprocess: must return a tensor (C, H, W) or (1, C, H, W), returned {_described(x)}")
                 inputs.append(x if x.ndim == 4 else x.unsqueeze(0))
             labels = None if source.labels is None else torch.from_numpy(source.labels[start:stop])
-            yield torch.cat(inputs), labels
+            return torch.cat(inputs), labels
+
+        starts = range(0, self.count, self.batch_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnviz-decode") as decoder:
+            upcoming = decoder.submit(prepared, starts[0])
+            for following in [*starts[1:], None]:
+                batch = upcoming.result()
+                if following is not None:
+                    upcoming = decoder.submit(prepared, following)
+                yield batch
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         for images, labels in self._iterate():
