@@ -74,7 +74,10 @@ class GradCAMPanel(_ClassPanel):
         self.left.add_class("cnnviz-grad-cam-left")
         self.right.add_class("cnnviz-grad-cam-right")
         self.second_chooser.add_class("cnnviz-second-class-chooser")
-        self.contrast_box = widgets.Checkbox(value=False, description="right: why the first class rather than the second", indent=False)
+        self.contrast_box = widgets.Checkbox(
+            value=False, description="right: why the first class rather than the second", indent=False,
+            layout=widgets.Layout(width="auto"),
+        )
         self.contrast_box.add_class("cnnviz-contrast")
         for control in (self.opacity, self.cmap):
             control.observe(lambda _: self.refresh(), "value")
