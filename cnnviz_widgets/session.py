@@ -519,7 +519,8 @@ class Session:
         def compute():
             with self.replicas.borrow(WORK) as replica:
                 return methods.sanity_check(
-                    replica, self.input(index), target, method, layer=layer, output=self.output, checkpoint=checkpoint
+                    replica, self.input(index), target, method, layer=layer if method in methods.CAM_METHODS else None,
+                    output=self.output, checkpoint=checkpoint,
                 )
 
         return self._cached("heatmaps", ("sanity", index, method, layer, int(target)), compute)

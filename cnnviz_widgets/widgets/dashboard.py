@@ -8,6 +8,7 @@ import traitlets
 from . import drawing
 from ..session import Session
 from .feature_maps import FeatureMapPanel
+from .compare import ComparePanel
 from .filters import FiltersPanel
 from .heatmaps import GradCAMPanel, GuidedBackpropPanel
 from .mistakes import MistakesPanel
@@ -37,6 +38,7 @@ class Dashboard(widgets.VBox):
         self.panels["Filters"] = FiltersPanel(**shared)
         self.panels["Occlusion"] = OcclusionPanel(**shared)
         self.panels["Guided backprop"] = GuidedBackpropPanel(**shared)
+        self.panels["Compare"] = ComparePanel(**shared)
         self.tabs = widgets.Tab(children=list(self.panels.values()), titles=list(self.panels))
         self.current = widgets.HTML()
         super().__init__([self.current, self.tabs])
@@ -45,7 +47,7 @@ class Dashboard(widgets.VBox):
         for panel in self.panels.values():
             traitlets.link((self, "image"), (panel, "image"))
         # Early layers teach most in Feature maps and Filters, the last one in Grad-CAM: only the heatmaps share.
-        for panel in (self.panels["Grad-CAM"], self.panels["Guided backprop"]):
+        for panel in (self.panels["Grad-CAM"], self.panels["Guided backprop"], self.panels["Compare"]):
             traitlets.link((self, "layer"), (panel, "layer"))
         if "Mistakes" in self.panels:
             self.panels["Mistakes"].observe(self._cell_chosen, "cell")
