@@ -7,18 +7,23 @@ from . import demo
 from .layers import conv_layers
 from . import render
 from .methods import (
+    cam,
+    deletion_insertion,
     feature_maps,
     filter_patterns,
     filter_weights,
     grad_cam,
+    gradients,
     guided_backprop,
     guided_grad_cam,
     occlusion,
+    sanity_check,
 )
 from .data import Evaluation, embed, evaluate, project
 from .projector import export_projector
 from .widgets.charts import ClassProbabilities, ConfusionMatrix
 from .widgets.scatter3d import Scatter3D
+from .widgets.compare import ComparePanel
 from .widgets.dashboard import Dashboard, explore
 from .widgets.feature_maps import FeatureMapPanel
 from .widgets.filters import FiltersPanel

@@ -1,18 +1,31 @@
 """The explanation methods: torch only, no widget code. Each leaves the model exactly as it found it."""
 
+from .faithfulness import FaithfulnessResult, deletion_insertion
+from .explanations import EXPLANATIONS, explanation
 from .feature_maps import feature_maps
 from .filters import filter_patterns, filter_weights
-from .grad_cam import grad_cam
+from .grad_cam import CAM_METHODS, cam, grad_cam
+from .gradients import GRADIENT_METHODS, gradients
 from .guided_backprop import guided_backprop, guided_grad_cam
 from .occlusion import OcclusionResult, occlusion
+from .sanity import SANITY_METHODS, SanityResult, sanity_check
 
 __all__ = [
+    "CAM_METHODS",
+    "cam",
+    "deletion_insertion",
+    "FaithfulnessResult",
     "feature_maps",
     "filter_patterns",
     "filter_weights",
     "grad_cam",
+    "GRADIENT_METHODS",
+    "gradients",
     "guided_backprop",
     "guided_grad_cam",
     "occlusion",
     "OcclusionResult",
+    "SANITY_METHODS",
+    "sanity_check",
+    "SanityResult",
 ]

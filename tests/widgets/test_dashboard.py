@@ -14,7 +14,7 @@ def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
     model, pictures, labels, names = confused_digits()
     state = ModelState(model)
     dashboard = cw.explore(model, pictures, labels=labels, class_names=names, preprocess=cw.demo.digits_preprocess)
-    assert list(dashboard.panels) == ["Mistakes", "Projector", "Grad-CAM", "Feature maps", "Filters", "Occlusion", "Guided backprop"]
+    assert list(dashboard.panels) == ["Mistakes", "Projector", "Grad-CAM", "Feature maps", "Filters", "Occlusion", "Guided backprop", "Compare"]
     settled(dashboard)
     dashboard.tabs.selected_index = 1
     settled(dashboard)
@@ -53,7 +53,7 @@ def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
 
     # The heatmaps share their layer; feature maps and filters keep the first layer, where they teach most.
     grad_cam.layer = "features.conv2"
-    assert dashboard.panels["Guided backprop"].layer == "features.conv2"
+    assert dashboard.panels["Guided backprop"].layer == "features.conv2" == dashboard.panels["Compare"].layer
     assert dashboard.panels["Feature maps"].layer == "features.conv1" == dashboard.panels["Filters"].layer
     settled(dashboard)
     state.assert_unchanged()
