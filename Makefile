@@ -9,7 +9,9 @@ NODE_MODULES := js/node_modules/.package-lock.json
 BUNDLE := cnnviz_widgets/static/scatter3d.js
 JS_SOURCES := $(wildcard js/src/*.js js/src/*.css)
 
-.PHONY: setup demo test bench
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: setup demo test js-test bench
 
 setup: $(INSTALLED) $(BUNDLE)
 
@@ -35,9 +37,27 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 demo: setup
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/tour.ipynb
 
-test: setup
+# The browser tests drive Debian's Chromium and fail without it (they never skip): on Debian as root it is
+# installed here; anywhere else make stops and says what to run.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && grep -qx 'ID=debian' /etc/os-release; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "$(CHROMIUM) is missing; the browser tests need it. Install it with:" >&2; \
+		echo "    sudo apt-get update && sudo apt-get install -y chromium" >&2; \
+		echo "(Debian's package; elsewhere, install Chromium so that it runs as $(CHROMIUM))" >&2; \
+		exit 1; \
+	fi
+	@test -x $@ || { echo "chromium was installed but $@ is still missing" >&2; exit 1; }
+
+# The JS unit tests need no package: node's own test runner.
+js-test:
+	cd js && npm test --silent
+
+test: setup $(CHROMIUM) js-test
 	$(PYTHON) -m pytest --nbval-lax tests notebooks --ignore=tests/browser/notebooks
 
-bench: setup
+bench: setup $(CHROMIUM)
 	$(PYTHON) bench/bench_methods.py
 	$(PYTHON) bench/bench_data.py
+	$(PYTHON) bench/bench_browser.py

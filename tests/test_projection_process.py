@@ -1,5 +1,5 @@
-"""ProjectionProcess: data.project in a child process, with the same points and errors, ended by a checkpoint or
-by close().
+"""ProjectionProcess: data.project in a child process, with the same points and errors, the frames of a t-SNE and
+the epochs of a UMAP on the way, ended by a checkpoint, a frame handler or close().
 
 A stop must not wait for the fit. To prove it without a clock, the tests freeze the fitting child (SIGSTOP) as
 soon as the caller's checkpoint runs, i.e. while its reply is still pending: a frozen child can never reply, so a
@@ -17,10 +17,18 @@ import numpy as np
 import pytest
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.projection_process import PROCESS_NAME, ProjectionClosed, ProjectionProcess
+from cnnviz_widgets.projection_process import (
+    PROCESS_NAME,
+    TSNE_EXAGGERATION_ITERATIONS,
+    TSNE_ITERATIONS,
+    ProjectionClosed,
+    ProjectionProcess,
+)
 
 # A t-SNE fit of this many points lasts seconds, far longer than the first checkpoint's wait (POLL_SECONDS).
 FIT_POINTS = 3000
+# A t-SNE of this many points runs its 750 iterations in seconds: dozens of frames, and a full fit to compare.
+FRAMES_POINTS = 2000
 HANG_GUARD_SECONDS = 120
 ENDED_BY_SIGNAL = (-signal.SIGTERM, -signal.SIGKILL)
 
@@ -108,7 +116,7 @@ def test_a_checkpoint_that_raises_ends_the_fit_and_the_next_request_gets_a_new_c
 ):
     child = started_child(projector, embeddings)
 
-    def checkpoint():
+    def checkpoint(fraction):
         os.kill(child.pid, signal.SIGSTOP)
         raise Stop
 
@@ -128,7 +136,7 @@ def test_close_during_a_fit_ends_the_child_and_the_pending_call_raises_projectio
     child = started_child(projector, embeddings)
     frozen = threading.Event()
     pending = Background(
-        lambda: projector.project(fit_embeddings, "tsne", dims=2, checkpoint=lambda: freeze_once(child, frozen))
+        lambda: projector.project(fit_embeddings, "tsne", dims=2, checkpoint=lambda fraction: freeze_once(child, frozen))
     )
     assert frozen.wait(HANG_GUARD_SECONDS), "the checkpoint never ran"
 
@@ -151,3 +159,45 @@ def test_close_when_idle_ends_the_child(embeddings, projector):
     child = started_child(projector, embeddings)
     projector.close()
     assert not child.is_alive() and not projector.running
+
+
+def test_a_tsne_sends_frames_that_move_then_the_points_of_data_project(fit_embeddings, projector):
+    some = fit_embeddings[:FRAMES_POINTS]
+    frames, fractions = [], []
+    points = projector.project(
+        some, "tsne", dims=2, seed=3, checkpoint=fractions.append,
+        on_frame=lambda layout, iteration: frames.append((iteration, layout)),
+    )
+    assert len(frames) >= 5, "several frames came before the points"
+    iterations = [iteration for iteration, _ in frames]
+    assert iterations == sorted(set(iterations)) and 0 < iterations[0] and iterations[-1] <= TSNE_ITERATIONS
+    assert iterations[-1] > TSNE_EXAGGERATION_ITERATIONS, "both phases of the fit count as one run of iterations"
+    for (_, before), (_, after) in zip(frames, frames[1:]):
+        assert before.dtype == np.float32 and before.shape == (FRAMES_POINTS, 2)
+        assert not np.array_equal(before, after), "each frame shows the layout moved on"
+    assert fractions == sorted(fractions), "the progress never goes back"
+    assert fractions[-1] == pytest.approx(iterations[-1] / TSNE_ITERATIONS)
+    np.testing.assert_array_equal(points, cw.project(some, "tsne", dims=2, seed=3))
+
+
+def test_a_frame_handler_that_raises_ends_the_fit(embeddings, fit_embeddings, projector):
+    child = started_child(projector, embeddings)
+
+    def on_frame(points, iteration):
+        os.kill(child.pid, signal.SIGSTOP)
+        raise Stop
+
+    call = Background(lambda: projector.project(fit_embeddings, "tsne", dims=2, on_frame=on_frame))
+    assert isinstance(call.outcome(), Stop)
+    assert not child.is_alive() and child.exitcode in ENDED_BY_SIGNAL
+    assert not projector.running
+
+
+def test_a_umap_reports_the_share_of_its_epochs_done(embeddings, projector):
+    frames, fractions = [], []
+    points = projector.project(
+        embeddings, "umap", dims=2, checkpoint=fractions.append, on_frame=lambda *frame: frames.append(frame)
+    )
+    assert fractions == sorted(fractions) and 0 < fractions[-1] <= 1, "the epochs done, as they go"
+    assert frames == [], "UMAP has no layout to show before its last epoch"
+    np.testing.assert_array_equal(points, cw.project(embeddings, "umap", dims=2))

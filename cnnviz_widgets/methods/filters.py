@@ -46,9 +46,7 @@ SCALE_RANGE = (0.95, 1.05)
 ROTATION_DEGREES = 5.0
 INITIAL_NOISE = 0.01
 
-# Picture side over receptive field below which a filter's centre unit is maximised rather than its map's
-# mean (see filter_patterns). Set from the renders of every conv layer of both demo models.
-CENTRE_UNIT_BELOW = 0.15
+CENTRE_UNIT_BELOW = 10
 
 Checkpoint = Callable[..., None]
 
@@ -110,12 +108,12 @@ def filter_patterns(
             capture.run((pictures - mean) / std)
             return layer_output(capture.outputs, name, module)
 
-        field = receptive_field(layer_of, torch.rand(2, channels, size, size, generator=generator).to(device))
-        excitation = centre_units if field < CENTRE_UNIT_BELOW * size else filter_means
+        field, shape = receptive_field(layer_of, torch.rand(2, channels, size, size, generator=generator).to(device))
+        weights = spatial_weights(shape, size, field)
         for step in range(1, steps + 1):
             activations = layer_of(random_transform(picture(), generator))
             optimiser.zero_grad()
-            (-excitation(activations, chosen).sum()).backward()
+            (-excitation(activations, chosen, weights).sum()).backward()
             optimiser.step()
             if checkpoint is not None and (step % preview_every == 0 or step == steps):
                 with torch.no_grad():
@@ -145,27 +143,43 @@ def receptive_field(layer_of: Callable[[Tensor], Tensor], pictures: Tensor) -> i
     pictures = pictures.requires_grad_(True)
     activations = layer_of(pictures)
     if activations.dim() != 4:
-        return pictures.shape[-1]
+        return pictures.shape[-1], activations.shape[2:]
     height, width = activations.shape[-2:]
     (gradient,) = torch.autograd.grad(activations[:, :, height // 2, width // 2].sum(), pictures)
     reached = gradient.abs().sum(dim=(0, 1)) > 0
     rows, columns = reached.any(dim=1).nonzero(), reached.any(dim=0).nonzero()
     if len(rows) == 0:
-        return 0
-    return int(max(rows.max() - rows.min(), columns.max() - columns.min())) + 1
+        return 0, activations.shape[2:]
+    return int(max(rows.max() - rows.min(), columns.max() - columns.min())) + 1, activations.shape[2:]
 
 
-def centre_units(activations: Tensor, chosen: Tensor) -> Tensor:
-    """Row ``i``'s activation of filter ``chosen[i]`` at the centre of its map: ``(F,)``."""
+CENTRE_SIGMA_PIXELS = 4.0
+MAX_RMS = 0
+
+
+def spatial_weights(shape, size: int, field: int):
+    if len(shape) != 2:
+        return None
+    height, width = shape
+    if field >= CENTRE_UNIT_BELOW:
+        return torch.full((height, width), 1.0 / (height * width))
+    if CENTRE_SIGMA_PIXELS == 0:
+        weights = torch.zeros(height, width)
+        weights[height // 2, width // 2] = 1.0
+        return weights
+    sigma = CENTRE_SIGMA_PIXELS * width / size
+    ys = torch.arange(height) - (height - 1) / 2
+    xs = torch.arange(width) - (width - 1) / 2
+    weights = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
+    return weights / weights.sum()
+
+
+def excitation(activations: Tensor, chosen: Tensor, weights) -> Tensor:
     rows = torch.arange(len(chosen), device=activations.device)
-    height, width = activations.shape[-2:]
-    return activations[rows, chosen, height // 2, width // 2]
-
-
-def filter_means(activations: Tensor, chosen: Tensor) -> Tensor:
-    """Row ``i``'s mean activation of filter ``chosen[i]``: ``(F,)``."""
-    rows = torch.arange(len(chosen), device=activations.device)
-    return activations[rows, chosen].reshape(len(chosen), -1).mean(dim=1)
+    maps = activations[rows, chosen]
+    if weights is None:
+        return maps
+    return (maps * weights.to(maps)).sum(dim=(-2, -1))
 
 
 class FourierPicture:
@@ -184,6 +198,9 @@ class FourierPicture:
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
         pixels = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="forward")
         pixels = torch.einsum("ij,njhw->nihw", self.colours, pixels)
+        if MAX_RMS:
+            rms = pixels.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            pixels = pixels * (MAX_RMS / rms).clamp(max=1.0)
         return torch.sigmoid(pixels)
 
 

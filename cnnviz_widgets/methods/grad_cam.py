@@ -56,15 +56,15 @@ def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     return (weights * activations).sum(dim=0)
 
 
-def grad_cam_map(layer: LayerPass) -> Tensor:
+def grad_cam_map(layer_pass: LayerPass) -> Tensor:
     """Grad-CAM (Selvaraju et al. 2017): each channel weighs the spatial mean of the score's gradient over it."""
-    return weighted_sum(layer.gradients.mean(dim=(1, 2), keepdim=True), layer.activations)
+    return weighted_sum(layer_pass.gradients.mean(dim=(1, 2), keepdim=True), layer_pass.activations)
 
 
-def grad_cam_plus_plus_map(layer: LayerPass) -> Tensor:
+def grad_cam_plus_plus_map(layer_pass: LayerPass) -> Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): positive gradients weighted per position by
     ``g^2 / (2 g^2 + sum_hw(A) g^3)``, so that several small regions of a channel all count."""
-    gradients, activations = layer.gradients, layer.activations
+    gradients, activations = layer_pass.gradients, layer_pass.activations
     squared = gradients**2
     totals = activations.sum(dim=(1, 2), keepdim=True)
     alphas = squared / (2 * squared + totals * squared * gradients + GRAD_CAM_PLUS_PLUS_EPS)
@@ -72,25 +72,26 @@ def grad_cam_plus_plus_map(layer: LayerPass) -> Tensor:
     return weighted_sum((gradients.clamp(min=0) * alphas).sum(dim=(1, 2), keepdim=True), activations)
 
 
-def xgrad_cam_map(layer: LayerPass) -> Tensor:
+def xgrad_cam_map(layer_pass: LayerPass) -> Tensor:
     """XGrad-CAM (Fu et al. 2020): each channel weighs its gradient averaged with its own activations as weights."""
-    gradients, activations = layer.gradients, layer.activations
+    gradients, activations = layer_pass.gradients, layer_pass.activations
     totals = activations.sum(dim=(1, 2), keepdim=True)
     return weighted_sum((gradients * activations / (totals + XGRAD_CAM_EPS)).sum(dim=(1, 2), keepdim=True), activations)
 
 
-def layer_cam_map(layer: LayerPass) -> Tensor:
+def layer_cam_map(layer_pass: LayerPass) -> Tensor:
     """Layer-CAM (Jiang et al. 2021): each position of each channel weighs its own positive gradient."""
-    return weighted_sum(layer.gradients.clamp(min=0), layer.activations)
+    return weighted_sum(layer_pass.gradients.clamp(min=0), layer_pass.activations)
 
 
-def hires_cam_map(layer: LayerPass) -> Tensor:
-    """HiResCAM (Draelos & Carin 2020): each position of each channel weighs its own gradient; for a model that
-    pools the layer's maps into a linear head, the map sums exactly to the score's part that the layer decides."""
-    return weighted_sum(layer.gradients, layer.activations)
+def hires_cam_map(layer_pass: LayerPass) -> Tensor:
+    """HiResCAM (Draelos & Carin 2020): each position of each channel weighs its own gradient. When the maps reach
+    the score through average pooling and a linear layer, the map before the ReLU adds up to the score minus
+    the bias: it shows exactly where the score comes from."""
+    return weighted_sum(layer_pass.gradients, layer_pass.activations)
 
 
-def score_cam_map(layer: LayerPass) -> Tensor:
+def score_cam_map(layer_pass: LayerPass) -> Tensor:
     """Score-CAM (Wang et al. 2020): each channel, resized to the input and min-max scaled, masks the image; the
     channels weigh the softmax, over channels, of the masked images' scores.
 
@@ -99,22 +100,22 @@ def score_cam_map(layer: LayerPass) -> Tensor:
     pytorch-grad-cam resizes them: the softmax of logits puts most of the weight on a few channels, so the
     map is sensitive to it (EfficientNet-Lite0 at 96 px: correlation 0.83 with the half-pixel resize).
     """
-    activations = layer.activations
+    activations = layer_pass.activations
     channels = activations.shape[0]
     scores = []
-    for start in range(0, channels, layer.batch_size):
-        if layer.checkpoint is not None:
-            layer.checkpoint(start / channels)
-        chunk = activations[start : start + layer.batch_size]
-        masks = min_max_scaled(resized(chunk, layer.image.shape[-2:], align_corners=True))
-        scores.append(layer.score(layer.image * masks[:, None]))
+    for start in range(0, channels, layer_pass.batch_size):
+        if layer_pass.checkpoint is not None:
+            layer_pass.checkpoint(start / channels)
+        chunk = activations[start : start + layer_pass.batch_size]
+        masks = min_max_scaled(resized(chunk, layer_pass.image.shape[-2:], align_corners=True))
+        scores.append(layer_pass.score(layer_pass.image * masks[:, None]))
     weights = torch.softmax(torch.cat(scores), dim=0)
     return weighted_sum(weights[:, None, None], activations)
 
 
-def eigen_cam_map(layer: LayerPass) -> Tensor:
+def eigen_cam_map(layer_pass: LayerPass) -> Tensor:
     """Eigen-CAM (Muhammad & Yeasin 2020): the layer's maps projected on their first principal component."""
-    return principal_projection(layer.activations)
+    return principal_projection(layer_pass.activations)
 
 
 def principal_projection(activations: Tensor) -> Tensor:
@@ -237,9 +238,9 @@ def layer_pass(
     image: Tensor,
     name: str,
     target,
-    contrast=None,
-    output: OutputToLogits | None = None,
-    method: CamMethod = CAM_METHODS["grad-cam"],
+    contrast,
+    output: OutputToLogits | None,
+    method: CamMethod,
 ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor]]:
     """The layer's ``(C, h, w)`` activations for ``image``, the explained score's gradient with respect to them
     (None when ``method`` does not use it), and the function from logits to that score."""

@@ -17,10 +17,12 @@ from torch import Tensor
 MISTAKE_COLORS = ["#ffffff", "#f4a261", "#3c7dbf"]
 BAR_COLOR = "#7aa6d6"
 TRUE_CLASS_COLOR = "#2ca02c"
-# A matrix of a few classes has cells that hold their count; cells then shrink, the grid keeping its side, down
-# to a size the pointer can still hit, and beyond that the grid grows: 100 classes take 700 px.
+# Cells hold their count, in 34 px for ten classes (larger for fewer, the grid keeping at least 240 px); with
+# more classes they shrink, the grid keeping 480 px, down to a size the pointer can still hit, and beyond that
+# the grid grows: 100 classes take 700 px.
 CELL_PIXELS = 34
 MIN_CELL_PIXELS = 7
+MIN_GRID_PIXELS = 240
 GRID_PIXELS = 480
 COUNT_CELL_PIXELS = 22  # smaller cells show their count in the tooltip only
 # Tick labels, 11 px type: each needs 14 px across the axis and its own length along it (an average 6.5 px per
@@ -29,7 +31,7 @@ LABEL_PIXELS = 14
 CHARACTER_PIXELS = 6.5
 LABEL_CHARACTERS = 16
 TICK_PIXELS = 10  # the tick and the gap before its label
-TITLE_PIXELS = 24  # an axis title ("true", "predicted") and its gap
+TITLE_PIXELS = 22  # an axis title ("true", "predicted") and its gap
 FIGURE_MARGIN = {"top": 40, "right": 12}
 
 
@@ -70,6 +72,7 @@ class MatrixLayout:
     @classmethod
     def of(cls, names: list[str]) -> MatrixLayout:
         cell = min(CELL_PIXELS, max(MIN_CELL_PIXELS, GRID_PIXELS / len(names)))
+        cell = max(cell, MIN_GRID_PIXELS / len(names))
         row_labels = names[:: math.ceil(LABEL_PIXELS / cell)]
         # Column labels stand side by side: the longest one sets how many cells each needs.
         column_width = _label_pixels([_short(name) for name in names]) + CHARACTER_PIXELS
@@ -112,38 +115,42 @@ class ConfusionMatrix(ipywidgets.VBox):
             min=0, mid=most_mistakes, max=max(int(matrix.max()), most_mistakes + 1), colors=MISTAKE_COLORS
         )
         row_scale, column_scale = bqplot.OrdinalScale(reverse=True), bqplot.OrdinalScale()
-        self.layout_pixels = shape = MatrixLayout.of(names)
+        sizes = MatrixLayout.of(names)
         self.heatmap = bqplot.GridHeatMap(
             color=matrix,
             row=names,
             column=names,
             scales={"row": row_scale, "column": column_scale, "color": color_scale},
-            selected_style={"stroke": "#111", "stroke-width": "3" if shape.cell >= COUNT_CELL_PIXELS else "2"},
-            stroke="#d0d0d0" if shape.cell >= COUNT_CELL_PIXELS else None,
-            display_format="d" if shape.cell >= COUNT_CELL_PIXELS else None,
+            selected_style={"stroke": "#111", "stroke-width": "3" if sizes.cell >= COUNT_CELL_PIXELS else "2"},
+            stroke="#d0d0d0" if sizes.cell >= COUNT_CELL_PIXELS else None,
+            display_format="d" if sizes.cell >= COUNT_CELL_PIXELS else None,
             font_style={"font-size": "12px", "fill": "#1a1a1a"},
             tooltip=bqplot.Tooltip(fields=["row", "column", "color"], labels=["true", "predicted", "images"]),
         )
+        # An ordinal axis draws a tick per class whatever its tick_values: the classes left out get an empty label.
+        def labels(shown):
+            shown = set(shown)
+            return {name: _short(name) if name in shown else "" for name in names}
+
         tick_style = {"font-size": "11px"}
         axes = [
             bqplot.Axis(
                 scale=column_scale, label="predicted", side="bottom", grid_lines="none", tick_style=tick_style,
-                tick_values=np.array(shape.column_labels), tick_labels={name: _short(name) for name in shape.column_labels},
+                tick_labels=labels(sizes.column_labels),
             ),
             bqplot.Axis(
                 scale=row_scale, label="true", side="left", grid_lines="none", tick_style=tick_style,
-                tick_values=np.array(shape.row_labels), tick_labels={name: _short(name) for name in shape.row_labels},
-                label_offset=f"{shape.margin['left'] - TITLE_PIXELS / 2:.0f}px",
+                tick_labels=labels(sizes.row_labels), label_offset=f"{sizes.margin['left'] - TITLE_PIXELS / 2:.0f}px",
             ),
         ]  # fmt: skip
-        width, height = shape.size
+        width, height = sizes.size
         self.figure = bqplot.Figure(
             marks=[self.heatmap],
             axes=axes,
             title=title,
             padding_x=0,
             padding_y=0,
-            fig_margin=shape.margin,
+            fig_margin=sizes.margin,
             layout=ipywidgets.Layout(width=f"{width}px", height=f"{height}px", flex="none"),
         )
         self.confusion = matrix

@@ -1,25 +1,80 @@
-"""Projector: every image as a point, placed by what the model makes of it, in 3D or 2D."""
+"""Projector: every image as a point, placed by what the model makes of it, in 3D or 2D.
+
+A t-SNE is shown as it forms: each frame the fit sends (:mod:`cnnviz_widgets.projection_process`) moves the
+points, and a Stop keeps the layout reached. Scatter3D centres every set of points in the unit cube by its own
+bounding box, so the cloud keeps its size on screen while t-SNE's coordinates grow tenfold. Under the scatter,
+the images nearest to the current one in the embedding space (:func:`cnnviz_widgets.neighbours.nearest`).
+"""
 
 from __future__ import annotations
 
+import math
+import time
+from typing import NamedTuple
+
 import ipywidgets as widgets
 import numpy as np
+import traitlets
 
 from .. import render
-from ..projection_process import ProjectionProcess
+from ..neighbours import NEIGHBOURS, nearest
+from ..projection_process import TSNE_ITERATIONS, ProjectionProcess
+from ..session import LRUCache
 from . import drawing
 from .base import Panel
-from ..session import LRUCache
+from .picture import ClickablePicture
 from .scatter3d import Scatter3D
+from .tasks import Cancelled
 
 PENULTIMATE = "(classifier input)"
+METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+# Each frame crosses to the browser as 12 bytes a point (600 KB at 50,000 points) and redraws the cloud: five a
+# second show a t-SNE forming and leave the kernel's connection free for the user's clicks.
+FRAME_SECONDS = 0.2
+NEIGHBOUR_SIDE = 64
+WRONG_COLOR = "#c62828"
+
+
+class _View(NamedTuple):
+    """What the scatter shows: a finished projection, or a t-SNE frame (``iteration`` set), perhaps stopped."""
+
+    key: tuple
+    points: np.ndarray
+    predictions: np.ndarray
+    embeddings: np.ndarray
+    iteration: int | None = None
+    stopped: bool = False
+
+
+class _Frames:
+    """The frames of one fit as they come: the newest one, and whether the browser is due for another."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._shown_at = -math.inf
+        self.newest: tuple[np.ndarray, int] | None = None
+
+    def due(self, points: np.ndarray, iteration: int) -> bool:
+        self.newest = (points, iteration)
+        now = self._clock()
+        if now - self._shown_at < FRAME_SECONDS:
+            return False
+        self._shown_at = now
+        return True
 
 
 class ProjectorPanel(Panel):
-    """Embeddings of every image at a layer, projected by PCA, t-SNE or UMAP; a click on a point selects its image."""
+    """Embeddings of every image at a layer, projected by PCA, t-SNE or UMAP; a click on a point selects its image.
+
+    A t-SNE moves the points as it forms; Stop keeps the layout it reached. Under the scatter, the images
+    nearest to the current one by cosine similarity of their embeddings; a click on one selects it.
+    """
 
     title = "Projector"
     caption = "each point is an image, placed by how the model sees it (drag to turn, hover to see, click to select)"
+    neighbours = traitlets.List(
+        traitlets.Int(), help="indices of the images nearest to the current one in the embedding space, nearest first"
+    )
 
     def _build(self):
         layers = [(f"{PENULTIMATE}", PENULTIMATE)] + [
@@ -35,62 +90,165 @@ class ProjectorPanel(Panel):
         self.scatter_box = widgets.Box(layout=widgets.Layout(width="100%", min_height="200px"))
         self.scatter: Scatter3D | None = None
         self.summary = widgets.HTML()
+        self.neighbour_title = widgets.HTML()
+        self.neighbour_slots = [ClickablePicture(width=NEIGHBOUR_SIDE) for _ in range(NEIGHBOURS)]
+        self.neighbour_captions = [
+            widgets.HTML(layout=widgets.Layout(width=f"{NEIGHBOUR_SIDE + 24}px")) for _ in range(NEIGHBOURS)
+        ]
+        self.neighbour_cards = [
+            widgets.VBox([slot, caption], layout=widgets.Layout(align_items="center", margin="2px", display="none"))
+            for slot, caption in zip(self.neighbour_slots, self.neighbour_captions)
+        ]
+        for position, slot in enumerate(self.neighbour_slots):
+            slot.on_point(lambda x, y, kind, position=position: self._neighbour_clicked(position))
+        neighbour_row = widgets.HBox(self.neighbour_cards, layout=widgets.Layout(flex_flow="row wrap"))
+        neighbour_row.add_class("cnnviz-neighbours")
         self._projections = LRUCache(16)
         self._projector = ProjectionProcess()
-        self._points: np.ndarray | None = None
+        self._view: _View | None = None
+        self._stopped = False
         controls = widgets.HBox([self.method, self.dims], layout=widgets.Layout(grid_gap="12px"))
-        return [self.layer_chooser, controls, self.scatter_box, self.summary]
+        return [self.layer_chooser, controls, self.scatter_box, self.summary, self.neighbour_title, neighbour_row]
 
     def _start(self) -> None:
         for control in (self.layer_chooser, self.method, self.dims):
             control.observe(lambda _: self.refresh(), "value")
+        self.observe(lambda _: self._find_neighbours(), "image")
         self.refresh()
 
     def refresh(self) -> None:
         """Embed (once per layer) and project with the chosen method, off the main thread."""
         key = (self.layer_chooser.value, self.method.value, self.dims.value)
-        text = f"embedding {self.session.count} images and projecting with {dict(pca='PCA', tsne='t-SNE', umap='UMAP')[key[1]]}…"
-        self.request_long(text, lambda task: self._project(task, key), self._show)
+        self._stopped = False
+        text = f"embedding {self.session.count} images and projecting with {METHOD_NAMES[key[1]]}…"
+        self.request_long(text, lambda task: self._project(task, key), self._show, count=self.session.count)
 
-    def _project(self, task, key):
-        def compute():
-            layer, method, dims = key
+    def stop(self) -> None:
+        """Stop the work under way; a t-SNE stopped mid-fit leaves the layout it reached on screen."""
+        self._stopped = True
+        super().stop()
+
+    def _project(self, task, key) -> _View:
+        layer, method, dims = key
+
+        def compute() -> _View:
             embeddings = self.session.embeddings(None if layer == PENULTIMATE else layer, task.checkpoint)
             predictions = self.session.predictions(task.checkpoint)
             task.checkpoint()
-            points = self._projector.project(embeddings, method=method, dims=dims, checkpoint=task.checkpoint)
-            return key, points, predictions
+            if method == "tsne":
+                text = f"fitting t-SNE to {len(embeddings):,} points: iteration"
+                self.task_bar.running(text, TSNE_ITERATIONS, "iterations")
+            elif method == "umap":
+                self.task_bar.running(f"fitting UMAP to {len(embeddings):,} points (the bar counts its epochs)…")
+            frames = _Frames()
+
+            def show_frame(points: np.ndarray, iteration: int) -> None:
+                if frames.due(points, iteration) and not task.cancelled:
+                    self._apply(self._show, _View(key, points, predictions, embeddings, iteration))
+
+            try:
+                points = self._projector.project(
+                    embeddings, method=method, dims=dims, checkpoint=task.checkpoint, on_frame=show_frame
+                )
+            except Cancelled:
+                # A Stop keeps the newest frame, which may not have been due on screen yet; a newer request
+                # (which clears _stopped) shows its own result instead.
+                if self._stopped and frames.newest is not None:
+                    points, iteration = frames.newest
+                    self._apply(self._show, _View(key, points, predictions, embeddings, iteration, stopped=True))
+                raise
+            return _View(key, points, predictions, embeddings)
 
         return self._projections.get((self.session.generation, *key), compute)
 
-    def _show(self, result) -> None:
-        key, points, predictions = result
-        self._points = points
-        layer, method, dims = key
+    def _show(self, view: _View) -> None:
+        shown, self._view = self._view, view
+        layer, method, dims = view.key
         if self.scatter is None:
             self.scatter = Scatter3D(
-                points,
+                view.points,
                 labels=self.session.labels,
-                predictions=predictions,
+                predictions=view.predictions,
                 class_names=self.session.class_names,
-                images=[np.asarray(picture) for picture in self.session.pictures],
+                images=self.session.pictures,
             )
             self.scatter.observe(self._point_chosen, "selected")
             self.scatter_box.children = [self.scatter]
         else:
             with self.scatter.hold_sync():
-                self.scatter.set_points(points)
-                self.scatter.set_predictions(predictions)
-        name = "PCA" if method == "pca" else "t-SNE" if method == "tsne" else "UMAP"
+                self.scatter.set_points(view.points)
+                if shown is None or shown.predictions is not view.predictions:
+                    self.scatter.set_predictions(view.predictions)
+        progress = ""
+        if view.iteration is not None:
+            progress = (
+                f", stopped at iteration {view.iteration} of {TSNE_ITERATIONS} (the layout is not final)"
+                if view.stopped
+                else f", forming: iteration {view.iteration} of {TSNE_ITERATIONS}"
+            )
         self.summary.value = (
             f"<span style='font-size:12px'>{self.session.count} images, embedded at "
-            f"{drawing.escape(layer)}, projected to {dims}D by {name}</span>"
+            f"{drawing.escape(layer)}, projected to {dims}D by {METHOD_NAMES[method]}{progress}</span>"
         )
+        if shown is None or shown.embeddings is not view.embeddings:
+            self._find_neighbours()
 
     def _point_chosen(self, change) -> None:
         chosen = [index for index in change["new"] if index not in change["old"]] or change["new"]
         if chosen:
             self.image = int(chosen[-1])
+
+    def _find_neighbours(self) -> None:
+        """The images nearest to the current one, in the embeddings of the projection on screen."""
+        view, image = self._view, self.image
+        count = min(NEIGHBOURS, self.session.count - 1)
+        if view is None or count < 1:
+            return
+
+        def work():
+            indices, similarities = nearest(view.embeddings, image, count)
+            thumbnails = [render.thumbnail(self.session.pictures[int(index)], NEIGHBOUR_SIDE) for index in indices]
+            return view, image, indices, similarities, thumbnails
+
+        self.request(work, self._show_neighbours)
+
+    def _classes(self, index: int, predictions: np.ndarray) -> str:
+        """An image's true class, and the predicted one in red when it differs (only that one without labels)."""
+        names, labels = self.session.class_names, self.session.labels
+        predicted = drawing.escape(names[predictions[index]])
+        if labels is None:
+            return f"said <b>{predicted}</b>"
+        true = f"<b>{drawing.escape(names[labels[index]])}</b>"
+        if labels[index] == predictions[index]:
+            return true
+        return f"{true}<br>said <b style='color:{WRONG_COLOR}'>{predicted}</b>"
+
+    def _show_neighbours(self, result) -> None:
+        view, image, indices, similarities, thumbnails = result
+        self.neighbours = [int(index) for index in indices]
+        cards = zip(self.neighbour_slots, self.neighbour_captions, self.neighbour_cards)
+        for position, (slot, caption, card) in enumerate(cards):
+            if position >= len(indices):
+                card.layout.display = "none"
+                continue
+            index, similarity = int(indices[position]), float(similarities[position])
+            classes = self._classes(index, view.predictions)
+            slot.value = thumbnails[position]
+            slot.hint = f"image {self.session.names[index]} · cosine similarity {similarity:.3f}"
+            caption.value = (
+                f"<div style='font-size:11px;line-height:1.3;text-align:center'>{classes}<br>{similarity:.3f}</div>"
+            )
+            card.layout.display = "flex"
+        self.neighbour_title.value = (
+            f"<span style='font-size:12px'>nearest to image <b>{drawing.escape(self.session.names[image])}</b> "
+            f"by cosine similarity at {drawing.escape(view.key[0])} · click one to select it</span>"
+        )
+
+    def _neighbour_clicked(self, position: int) -> None:
+        if position < len(self.neighbours):
+            index = self.neighbours[position]
+            self.image = index
+            self.scatter.selected = [index]
 
     def close(self) -> None:
         """Close the widget and end the process that fits t-SNE and UMAP."""
@@ -104,7 +262,7 @@ class ProjectorPanel(Panel):
 
     def picture(self) -> bytes:
         """The projected points seen from the front (first two coordinates), coloured as on screen."""
-        if self.scatter is None or self._points is None:
+        if self.scatter is None or self._view is None:
             return b""
         colours = np.frombuffer(self.scatter.colors, dtype=np.uint8)
-        return render.to_png(render.points_picture(self._points, colours, list(self.scatter.palette)))
+        return render.to_png(render.points_picture(self._view.points, colours, list(self.scatter.palette)))

@@ -2,15 +2,18 @@
 benchmark (bench/bench_browser.py).
 
 `jupyter_server` starts a JupyterLab or a Notebook 7 server on a free localhost port, with a throwaway profile
-and token. `open_notebook` copies a notebook next to it, opens it in
-Chromium, accepts the kernel dialog, runs every cell and waits for the kernel to go idle. The page it returns
-can run code in the notebook's kernel (`kernel_eval`), so that a test can read back what a click changed in
-Python, and it records every uncaught script error. Screenshots go to tests/browser/artifacts/.
+and token. `open_notebook` copies a notebook next to it, opens it in Chromium, accepts the kernel dialog, runs
+every cell and waits for the kernel to go idle. The page it returns can run code in the notebook's kernel
+(`kernel_eval`), so that a test can read back what a click changed in Python, and it records every uncaught
+script error. Screenshots go to tests/browser/artifacts/.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -39,6 +42,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 SERVER_START_TIMEOUT_S = 120
 RUN_ALL_TIMEOUT_S = 300
 FRONTENDS = ("lab", "notebook")
+TINTED = 20  # max - min channel of a scatter point, even faded behind a selection: unlike the background
 # Notebook 7.6 (on JupyterLab 4.6) throws this while its plugins start, on every page, the file browser
 # included, with every extension but its own disabled: its keyboard-shortcuts plugin reacts to another
 # plugin's settings before its own are loaded (https://github.com/jupyter/notebook/issues/7862). It is
@@ -214,17 +218,29 @@ class NotebookPage:
         output = self.page.locator(".jp-OutputArea-output").filter(has=self.page.locator(".widget-box, .jupyter-widgets"))
         return output.first.bounding_box()["width"]
 
-    def set_output_width(self, width: float, tolerance: float = 4.0) -> float:
+    def set_output_width(self, width: float, tolerance: float = 4.0, timeout_s: float = 30.0) -> float:
         """Resize the window so that outputs are ``width`` pixels wide (the side panels keep their size)."""
-        viewport = self.page.viewport_size
-        for _ in range(3):
-            shown = self.output_width()
-            if abs(shown - width) <= tolerance:
-                return shown
-            viewport = {"width": round(viewport["width"] + width - shown), "height": viewport["height"]}
+        viewport = dict(self.page.viewport_size)
+        deadline = time.monotonic() + timeout_s
+        shown = self.output_width()
+        while abs(shown - width) > tolerance:
+            assert time.monotonic() < deadline, f"outputs are {shown:.0f} px wide, not {width}, at a {viewport['width']} px window"
+            viewport["width"] = round(viewport["width"] + width - shown)
             self.page.set_viewport_size(viewport)
-            self.page.wait_for_timeout(500)
-        raise AssertionError(f"outputs are {self.output_width():.0f} px wide, not {width} px, at a {viewport['width']} px window")
+            shown = self._output_width_once_laid_out(shown, deadline)
+        return shown
+
+    def _output_width_once_laid_out(self, before: float, deadline: float) -> float:
+        # JupyterLab lays its panels out again some time after the window changes, longer while a kernel keeps
+        # the CPU busy: wait for a new width that holds.
+        last = before
+        while time.monotonic() < deadline:
+            self.page.wait_for_timeout(250)
+            shown = self.output_width()
+            if shown == last and shown != before:
+                return shown
+            last = shown
+        return last
 
 
 def save_screenshot(name: str, target) -> Path:
@@ -346,18 +362,21 @@ def show_tab(dashboard, title: str):
 
 
 def wait_until_drawn(panel, timeout_s: float = 180.0) -> None:
-    """Every picture of the panel loaded and no long work under way."""
+    """Every picture of the panel loaded and no long work under way; AssertionError at once if the panel shows
+    an error instead."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ready = panel.evaluate(
+        ready, error = panel.evaluate(
             """(root) => {
                 const shown = (selector) => [...root.querySelectorAll(selector)].filter((p) => p.offsetParent !== null);
                 const pictures = shown("img");
                 const busy = shown(".cnnviz-task-bar").length > 0;
                 const drawn = pictures.length > 0 || shown("canvas").length > 0;
-                return !busy && drawn && pictures.every((p) => p.complete && p.naturalWidth > 0);
+                const error = shown(".cnnviz-error").map((e) => e.textContent).join(" | ");
+                return [!busy && drawn && pictures.every((p) => p.complete && p.naturalWidth > 0), error];
             }"""
         )
+        assert not error, f"the panel shows an error: {error}"
         if ready:
             return
         time.sleep(0.25)
@@ -386,3 +405,35 @@ def repaint_after_change(page, select, picture, index: int, timeout_ms: int = 10
     """Choose option ``index`` of the ``select`` element -> milliseconds until ``picture`` shows a new image."""
     return page.evaluate(REPAINT_AFTER_CHANGE, [select.element_handle(), picture.element_handle(), index, timeout_ms])
 
+
+def canvas_pixels(canvas) -> np.ndarray:
+    """The WebGL canvas's own pixels (H, W, 3), without the DOM drawn over it (legend, tooltip)."""
+    url = canvas.evaluate("(c) => c.toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"), dtype=np.int16)
+
+
+def point_centres(pixels: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Pixels deep inside drawn points: tinted, with every neighbour within 2 pixels tinted too (points that
+    a selection fades count: they can still be hovered)."""
+    coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > TINTED
+    core = coloured.copy()
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            core &= np.roll(np.roll(coloured, dy, axis=0), dx, axis=1)
+    rows, columns = np.nonzero(core[3:-3, 3:-3])
+    order = np.random.default_rng(0).permutation(len(rows))[:count]
+    return [(int(columns[i]) + 3, int(rows[i]) + 3) for i in order]
+
+
+def hover_a_point(page, canvas, tooltip) -> tuple[float, float, int]:
+    """Move the pointer over drawn points until the tooltip shows one -> (x, y, point index)."""
+    box = canvas.bounding_box()
+    pixels = canvas_pixels(canvas)
+    scale = pixels.shape[1] / box["width"]
+    for column, row in point_centres(pixels, 40):
+        x, y = box["x"] + column / scale, box["y"] + row / scale
+        page.mouse.move(x - 30, y - 30)
+        page.mouse.move(x, y, steps=3)
+        if tooltip.is_visible():
+            return x, y, int(re.search(r"#(\d+)", tooltip.inner_text()).group(1))
+    raise AssertionError("no tooltip appeared over any drawn point")

@@ -12,7 +12,7 @@ MIN_PICTURE_SPREAD = 10.0
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_tour_runs_and_shows_the_photos_with_their_top5(open_notebook, tmp_path, frontend):
-    # One kernel per notebook path: each front end runs its own copy.
+    # Each front end runs its own copy, so that their screenshots are kept apart.
     copy = tmp_path / f"tour_{frontend}.ipynb"
     copy.write_bytes(TOUR.read_bytes())
     notebook = open_notebook(copy, frontend=frontend)

@@ -144,6 +144,16 @@ def test_hand_computed_score_cam():
     torch.testing.assert_close(cw.cam(FlatHead(), HAND_X, "conv", 0, "score-cam", raw=True), expected)
 
 
+def test_hires_cam_adds_up_to_the_score_through_a_pooled_linear_head(small_image):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[4].weight.abs_()  # non-negative activations and weights: the ReLU of the map takes nothing away
+        score = model(small_image[None])[0, 0] - model[4].bias[0]
+    hires = cw.cam(model, small_image, "1", 0, "hires-cam", raw=True)
+    assert float(hires.sum()) == pytest.approx(float(score), rel=1e-5)
+
+
 def test_grad_cam_is_the_family_default(resnet18, small_image):
     expected = cw.cam(resnet18, small_image, "layer3", 2)
     assert torch.equal(cw.grad_cam(resnet18, small_image, "layer3", 2), expected)
@@ -201,6 +211,11 @@ def test_eigen_cam_refuses_a_contrast(digits_model, digit):
 def test_unknown_method_lists_the_methods(digits_model, digit):
     with pytest.raises(ValueError, match="method: expected one of grad-cam, grad-cam\\+\\+, .*eigen-cam; got 'gradcam'"):
         cw.cam(digits_model, digit[0], "features.conv3", 3, "gradcam")
+
+
+def test_layer_without_spatial_maps_names_the_method(digits_model, digit):
+    with pytest.raises(ValueError, match=r"layer: Score-CAM needs a layer with spatial maps .*'embedding.fc' outputs \(1, 64\)"):
+        cw.cam(digits_model, digit[0], "embedding.fc", 3, "score-cam")
 
 
 def test_bad_batch_size(digits_model, digit):

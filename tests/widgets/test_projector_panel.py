@@ -1,16 +1,23 @@
-"""ProjectorPanel: the points are the projected embeddings; selecting a point selects its image."""
+"""ProjectorPanel: the points are the projected embeddings; a t-SNE moves them as it forms and a Stop keeps the
+layout reached; selecting a point selects its image and lists its nearest neighbours."""
 
 import threading
 
+import numpy as np
 import torch
 
 import cnnviz_widgets as cw
+from cnnviz_widgets.projection_process import TSNE_ITERATIONS
 from cnnviz_widgets.widgets import scatter_data
+from cnnviz_widgets.widgets.projector_panel import FRAME_SECONDS, NEIGHBOURS, WRONG_COLOR, _Frames
 from tests.model_state import ModelState
 from panel_support import digits, panel_of, pixels, settled  # noqa: F401 - digits is a fixture
 
 # Enough points that a t-SNE fit takes many seconds: a Stop lands while it runs.
 STOPPABLE_POINTS = 3000
+HANG_GUARD_SECONDS = 120
+# Distinct layouts to see on screen before a Stop: the first frame and two moves.
+LAYOUTS_SEEN = 3
 
 
 def inputs_of(pictures):
@@ -47,20 +54,45 @@ def test_save_as_png_draws_the_points_in_their_colours(digits, tmp_path):
     assert len(palette & colours) == len(set(labels.tolist())), "every class colour appears"
 
 
+def stoppable_panel(model):
+    """A panel on enough jittered digits that a t-SNE runs for many seconds, shown with its PCA."""
+    x, y, names = cw.demo.digits("train")
+    generator = torch.Generator().manual_seed(0)
+    pick = torch.randint(len(x), (STOPPABLE_POINTS,), generator=generator)
+    images = (x[pick] + 0.05 * torch.randn(STOPPABLE_POINTS, *x.shape[1:], generator=generator)).clamp(0, 1)
+    return settled(cw.ProjectorPanel(model, images, class_names=names, labels=y[pick])), images
+
+
+def cosine_neighbours(embeddings, index):
+    """The NEIGHBOURS rows nearest to row ``index`` by cosine similarity, by brute force in float64."""
+    unit = embeddings.astype(np.float64) / np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
+    similarities = unit @ unit[index]
+    similarities[index] = -np.inf
+    order = np.argsort(-similarities, kind="stable")[:NEIGHBOURS]
+    return order.tolist(), similarities[order]
+
+
 class WatchedProjections:
-    """Wraps a panel's projection process: an event when a t-SNE starts, and how each request ended."""
+    """Wraps a panel's projection process: an event when a t-SNE starts, the frames it gives the panel, and how
+    each request ended."""
 
     def __init__(self, panel):
         self.started = threading.Event()
         self.outcomes = []
+        self.frames = []
         self._project = panel._projector.project
         panel._projector.project = self.project
 
-    def project(self, embeddings, method="pca", **kwargs):
+    def project(self, embeddings, method="pca", on_frame=None, **kwargs):
         if method == "tsne":
             self.started.set()
+
+        def frame_received(points, iteration):
+            self.frames.append((points, iteration))
+            on_frame(points, iteration)
+
         try:
-            points = self._project(embeddings, method=method, **kwargs)
+            points = self._project(embeddings, method=method, on_frame=frame_received, **kwargs)
         except BaseException as error:
             self.outcomes.append((method, type(error).__name__))
             raise
@@ -84,20 +116,18 @@ def test_tsne_runs_off_the_main_thread_and_can_be_superseded(digits):
 
 def test_stop_ends_a_running_tsne_and_the_panel_answers_the_next_request(digits):
     model = digits[0]
-    x, y, names = cw.demo.digits("train")
-    generator = torch.Generator().manual_seed(0)
-    pick = torch.randint(len(x), (STOPPABLE_POINTS,), generator=generator)
-    images = (x[pick] + 0.05 * torch.randn(STOPPABLE_POINTS, *x.shape[1:], generator=generator)).clamp(0, 1)
-    panel = settled(cw.ProjectorPanel(model, images, class_names=names, labels=y[pick]))
+    panel, images = stoppable_panel(model)
     watched = WatchedProjections(panel)
 
     panel.method.value = "tsne"
-    assert watched.started.wait(120), "the t-SNE started"
+    assert watched.started.wait(HANG_GUARD_SECONDS), "the t-SNE started"
     panel.stop()
     assert panel.long_runner.wait(60), "the t-SNE kept running after Stop"
     assert watched.outcomes == [("tsne", "Cancelled")], "Stop ended the fit before it finished"
     assert not panel._projector.running, "the fitting process is gone"
-    assert "PCA" in panel.summary.value, "a stopped projection shows nothing new"
+    # The child needs seconds to start and find each point's neighbours: this Stop came before any layout.
+    assert watched.frames == []
+    assert "PCA" in panel.summary.value, "a t-SNE stopped before its first frame leaves the PCA on screen"
 
     panel.dims.value = 2
     panel.method.value = "pca"
@@ -107,3 +137,79 @@ def test_stop_ends_a_running_tsne_and_the_panel_answers_the_next_request(digits)
     assert "PCA" in panel.summary.value and "2D" in panel.summary.value and panel.error == ""
     panel.close()
     assert not panel._projector.running and not panel.threads_alive
+
+
+def test_tsne_moves_the_points_as_it_forms_and_stop_keeps_the_last_layout(digits):
+    model = digits[0]
+    panel, images = stoppable_panel(model)
+    watched = WatchedProjections(panel)
+    scatter = panel.scatter
+    layouts, fit_running = [], []
+    moved = threading.Event()
+
+    def points_changed(change):
+        layouts.append(change["new"])
+        fit_running.append(not watched.outcomes)
+        if len(set(layouts)) >= LAYOUTS_SEEN:
+            moved.set()
+
+    scatter.observe(points_changed, "points")
+    panel.method.value = "tsne"
+    assert moved.wait(HANG_GUARD_SECONDS), "the points moved frame after frame"
+    assert all(fit_running[:LAYOUTS_SEEN]), "the layouts came while the fit ran"
+    assert "t-SNE, forming: iteration" in panel.summary.value
+
+    panel.stop()
+    assert panel.long_runner.wait(60), "the t-SNE kept running after Stop"
+    assert watched.outcomes == [("tsne", "Cancelled")], "Stop ended the fit before it finished"
+    assert not panel._projector.running
+    last_points, last_iteration = watched.frames[-1]
+    assert 0 < last_iteration < TSNE_ITERATIONS
+    assert panel.scatter is scatter and scatter.points == scatter_data.positions(last_points)[0]
+    assert f"t-SNE, stopped at iteration {last_iteration} of {TSNE_ITERATIONS}" in panel.summary.value
+    assert panel.error == ""
+    for layout in layouts:
+        cube = np.frombuffer(layout, dtype=np.float32).reshape(-1, 3)
+        extent = cube.max(axis=0) - cube.min(axis=0)
+        assert np.isclose(extent.max(), 2.0), "every frame fills the same cube, whatever t-SNE's units"
+    panel.close()
+
+
+def test_frames_reach_the_browser_at_most_every_frame_seconds():
+    now = [0.0]
+    frames = _Frames(clock=lambda: now[0])
+    layout = np.zeros((4, 2), dtype=np.float32)
+    assert frames.due(layout, 3)
+    now[0] = FRAME_SECONDS / 2
+    assert not frames.due(layout + 1, 6) and frames.newest[1] == 6, "a frame too soon is kept, not shown"
+    now[0] = FRAME_SECONDS
+    assert frames.due(layout + 2, 9)
+
+
+def test_the_nearest_images_by_cosine_similarity_follow_the_selection_and_a_click_selects_one(digits):
+    model, pictures, labels, names = digits
+    # Every other image carries a wrong label, so that the captions show predictions that differ.
+    given = labels.numpy().copy()
+    given[1::2] = (given[1::2] + 1) % len(names)
+    panel = settled(panel_of(cw.ProjectorPanel, digits, labels=given))
+    embeddings = cw.embed(model, inputs_of(pictures), progress=False)
+    predictions = cw.evaluate(model, inputs_of(pictures), labels, progress=False).predictions
+
+    panel.scatter.selected = [12]
+    settled(panel)
+    expected, similarities = cosine_neighbours(embeddings, 12)
+    assert panel.image == 12 and panel.neighbours == expected
+    for position, (index, similarity) in enumerate(zip(expected, similarities)):
+        caption = panel.neighbour_captions[position].value
+        assert f"{similarity:.3f}" in caption and names[given[index]] in caption
+        assert (WRONG_COLOR in caption) == (predictions[index] != given[index])
+        if predictions[index] != given[index]:
+            assert names[predictions[index]] in caption
+        assert panel.neighbour_cards[position].layout.display == "flex"
+    assert "nearest to image" in panel.neighbour_title.value
+
+    chosen = expected[3]
+    panel.neighbour_slots[3].pointer = {"x": 0.5, "y": 0.5, "kind": "press", "serial": 1}
+    assert panel.image == chosen and panel.scatter.selected == [chosen]
+    settled(panel)
+    assert panel.neighbours == cosine_neighbours(embeddings, chosen)[0]

@@ -1,0 +1,113 @@
+"""The trust tools on the demo model: the CAM family against pytorch-grad-cam, faithfulness curves, a sanity check.
+
+Run with ``.venv/bin/python bench/bench_trust.py``. EfficientNet-Lite0 (pretrained) on the chelsea photo at
+224 px, class "Egyptian cat", layer ``_conv_head``. Prints markdown tables:
+
+- each CAM method, ours (the map resized to the input, as pytorch-grad-cam returns it) against the
+  pytorch-grad-cam class that computes the same map, best of several runs, and the two maps' correlation;
+- deletion and insertion curves of 50 steps for the Grad-CAM map, batch sizes side by side;
+- the full cascading randomisation of Grad-CAM and of guided backprop.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM draws a progress bar per image
+
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+import cnnviz_widgets as cw
+from bench_methods import best_times
+
+TARGET = 285  # Egyptian cat
+LAYER = "_conv_head"
+ORACLES = {
+    "grad-cam": GradCAM,
+    "grad-cam++": GradCAMPlusPlus,
+    "xgrad-cam": XGradCAM,
+    "layer-cam": LayerCAM,
+    "hires-cam": HiResCAM,
+    "score-cam": ScoreCAM,
+    "eigen-cam": EigenCAM,
+}
+RUNS = {"score-cam": 2}
+DEFAULT_RUNS = 10
+FAITHFULNESS_STEPS = 50
+FAITHFULNESS_BATCH_SIZES = (4, 16)
+FAITHFULNESS_RUNS = 3
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+
+def cam_rows(model, x):
+    for method, oracle_class in ORACLES.items():
+        # pytorch-grad-cam hooks the model it is given for the life of its object: give it its own copy.
+        twin = copy.deepcopy(model)
+        last = {}
+        with oracle_class(model=twin, target_layers=[twin.get_submodule(LAYER)]) as oracle:
+
+            def ours():
+                last["ours"] = cw.cam(model, x, LAYER, TARGET, method)
+
+            def theirs():
+                last["theirs"] = torch.from_numpy(oracle(input_tensor=x[None], targets=[ClassifierOutputTarget(TARGET)])[0])
+
+            times = best_times({"ours": ours, "pytorch-grad-cam": theirs}, RUNS.get(method, DEFAULT_RUNS))
+        yield method, times["ours"], times["pytorch-grad-cam"], correlation(last["ours"], last["theirs"])
+
+
+def main():
+    warnings.filterwarnings("ignore")
+    model, preprocess, class_names = cw.demo.imagenet_model()
+    x = preprocess(cw.demo.photos()["chelsea"])[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; EfficientNet-Lite0, chelsea at 224 px, "
+          f"class {TARGET} ({class_names[TARGET]}), layer {LAYER}\n")
+
+    print("| CAM method | ours (ms) | pytorch-grad-cam (ms) | pytorch-grad-cam / ours | correlation |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for method, ours, theirs, r in cam_rows(model, x):
+        print(f"| {method} | {ours * 1000:.0f} | {theirs * 1000:.0f} | {theirs / ours:.2f}x | {r:.5f} |", flush=True)
+    print("\nScore-CAM: best of 2 runs, 1280 channels (one forward pass each); eigen-cam: pytorch-grad-cam's "
+          "component sign is LAPACK's, ours rises with the total activation (a correlation near -1 is that sign).")
+
+    cam = cw.grad_cam(model, x, LAYER, TARGET)
+    print(f"\nDeletion and insertion of the Grad-CAM map, {FAITHFULNESS_STEPS} steps "
+          f"({2 * (FAITHFULNESS_STEPS + 1)} images), blurred baseline, best of {FAITHFULNESS_RUNS}\n")
+    print("| batch size | time (ms) | deletion AUC | insertion AUC |")
+    print("| ---: | ---: | ---: | ---: |")
+    results = {}
+    times = best_times(
+        {
+            size: lambda size=size: results.__setitem__(
+                size, cw.deletion_insertion(model, x, TARGET, cam, FAITHFULNESS_STEPS, batch_size=size)
+            )
+            for size in FAITHFULNESS_BATCH_SIZES
+        },
+        FAITHFULNESS_RUNS,
+    )
+    for size in FAITHFULNESS_BATCH_SIZES:
+        result = results[size]
+        print(f"| {size} | {times[size] * 1000:.0f} | {result.deletion_auc:.4f} | {result.insertion_auc:.4f} |", flush=True)
+
+    print("\nCascading randomisation, every parameterised layer from the logits down\n")
+    print("| method | steps | time (s) | rank correlation after _fc, _bn1, _conv_head | after the whole cascade | SSIM after _conv_head |")
+    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    for method in ("grad-cam", "guided-backprop"):
+        start = time.perf_counter()
+        result = cw.sanity_check(model, x, TARGET, method)
+        elapsed = time.perf_counter() - start
+        top = ", ".join(f"{value:.3f}" for value in result.rank_correlations[:3].tolist())
+        print(f"| {method} | {len(result.layers)} | {elapsed:.1f} | {top} | {float(result.rank_correlations[-1]):.3f} "
+              f"| {float(result.ssim[2]):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

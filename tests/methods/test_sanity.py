@@ -1,0 +1,214 @@
+"""Cascading randomisation: the cascade's steps, its scores against scipy and scikit-image, and the paper's finding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity
+from torch import nn
+
+import cnnviz_widgets as cw
+from cnnviz_widgets.methods.sanity import rank_correlation, ssim
+from method_helpers import EGYPTIAN_CAT
+from tests.model_state import ModelState, used_model
+
+
+@pytest.fixture(scope="module")
+def chelsea():
+    _, preprocess, _ = cw.demo.imagenet_model()
+    return preprocess(cw.demo.photos()["chelsea"])[0]
+
+
+TOP_OF_THE_CASCADE = ["_fc", "_bn1", "_conv_head"]
+
+
+@pytest.fixture(scope="module")
+def top_of_the_cascade(efficientnet, chelsea):
+    """Grad-CAM and guided backprop on the demo model and chelsea, after each of the three top steps."""
+    return {
+        method: cw.sanity_check(efficientnet, chelsea, EGYPTIAN_CAT, method, max_steps=3)
+        for method in ("grad-cam", "guided-backprop")
+    }
+
+
+def test_grad_cam_changes_with_the_weights_guided_backprop_does_not(top_of_the_cascade):
+    """Adebayo et al.'s finding: guided backprop still draws the same picture once the classifier and the last
+    conv layer are random; Grad-CAM does not. Measured: Grad-CAM's rank correlation after `_conv_head` 0.03
+    (-0.54 and -0.56 after `_fc` and `_bn1`), guided backprop's 0.996 to 0.998."""
+    grad_cam, guided = top_of_the_cascade["grad-cam"], top_of_the_cascade["guided-backprop"]
+    assert grad_cam.layers == guided.layers == TOP_OF_THE_CASCADE
+    assert grad_cam.rank_correlations[-1] < 0.5
+    assert (grad_cam.rank_correlations < 0.5).all()
+    assert (guided.rank_correlations > 0.98).all()
+    assert (guided.ssim > 0.95).all()
+    assert (grad_cam.ssim < guided.ssim).all()
+
+
+def test_the_original_map_is_the_methods_own(efficientnet, chelsea, top_of_the_cascade):
+    result = top_of_the_cascade["grad-cam"]
+    assert torch.equal(result.original, cw.grad_cam(efficientnet, chelsea, "_conv_head", EGYPTIAN_CAT))
+    assert result.maps.shape == (3, 224, 224)
+    assert result.rank_correlations.shape == result.ssim.shape == (3,)
+
+
+def test_the_model_and_its_replica_keep_their_weights(efficientnet, chelsea, top_of_the_cascade):
+    """The cascade randomised a copy: the user's model and what later calls compute on are intact."""
+    state = ModelState(efficientnet)
+    again = cw.sanity_check(efficientnet, chelsea, EGYPTIAN_CAT, "grad-cam", max_steps=1)
+    state.assert_unchanged()
+    assert torch.equal(again.original, top_of_the_cascade["grad-cam"].original)
+    # The same seed re-initialises the same way.
+    assert torch.equal(again.maps[0], top_of_the_cascade["grad-cam"].maps[0])
+
+
+class Stack(nn.Module):
+    """Two blocks and a head; `unused` is never called and `scale` is a parameter of the root itself."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.block1 = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.unused = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.head(self.block2(self.block1(x)).mean(dim=(2, 3))) * self.scale
+
+
+@pytest.fixture
+def stack_image():
+    return torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(5))
+
+
+def test_default_cascade_goes_from_the_logits_down(stack_image):
+    result = cw.sanity_check(Stack(), stack_image, 1, "saliency")
+    # Called modules that own parameters, from the last called to the first; the root's own `scale` is no
+    # layer the forward calls.
+    assert result.layers == ["head", "block2.0", "block1.1", "block1.0"]
+    assert result.maps.shape == (4, 16, 16)
+    assert not torch.equal(result.maps[0], result.original)
+
+
+def test_layers_and_max_steps_choose_the_steps(stack_image):
+    model = Stack()
+    assert cw.sanity_check(model, stack_image, 1, "grad-cam", layer="block2.0", max_steps=2).layers == ["head", "block2.0"]
+    by_blocks = cw.sanity_check(model, stack_image, 1, "saliency", layers=["head", model.block2, "block1"])
+    assert by_blocks.layers == ["head", "block2", "block1"]
+    assert cw.sanity_check(model, stack_image, 1, "saliency", layers=["block1", "head"], max_steps=1).layers == ["block1"]
+
+
+def test_cam_methods_default_to_the_last_conv_layer(stack_image):
+    model = Stack()
+    result = cw.sanity_check(model, stack_image, 1, "grad-cam", max_steps=1)
+    assert torch.equal(result.original, cw.grad_cam(model, stack_image, "block2.0", 1))
+
+
+def test_gradient_maps_are_compared_by_their_magnitude(stack_image):
+    model = Stack()
+    result = cw.sanity_check(model, stack_image, 1, "smoothgrad", options={"samples": 3}, max_steps=1)
+    gradient = cw.gradients(model, stack_image, 1, "smoothgrad", samples=3).abs().sum(dim=0)
+    torch.testing.assert_close(result.original, (gradient - gradient.min()) / (gradient.max() - gradient.min()))
+
+
+def test_seeded_and_torchs_generator_left_alone(stack_image):
+    model = Stack()
+    state = torch.get_rng_state()
+    first = cw.sanity_check(model, stack_image, 1, "saliency", max_steps=2, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(cw.sanity_check(model, stack_image, 1, "saliency", max_steps=2, seed=3).maps, first.maps)
+    assert not torch.equal(cw.sanity_check(model, stack_image, 1, "saliency", max_steps=2, seed=4).maps, first.maps)
+
+
+def test_modules_without_reset_parameters_are_redrawn_at_their_scale(stack_image):
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.gain = Gain()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.gain(self.conv(x)).mean(dim=(2, 3)))
+
+    result = cw.sanity_check(Scaled(), stack_image, 0, "saliency", layers=["gain"])
+    assert result.layers == ["gain"]
+    assert not torch.equal(result.maps[0], result.original)
+
+
+class Gain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 2.0, 4).reshape(4, 1, 1))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_checkpoint_between_steps(stack_image):
+    fractions = []
+    cw.sanity_check(Stack(), stack_image, 1, "saliency", checkpoint=fractions.append)
+    assert fractions == [0.0, 0.25, 0.5, 0.75]
+
+
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        ({"method": "lime"}, ValueError, "method: expected one of grad-cam, .*, guided-backprop; got 'lime'"),
+        ({"method": "saliency", "layer": "block2.0"}, ValueError, "layer: saliency takes no layer"),
+        ({"layer": "block9"}, ValueError, "layer: no submodule named 'block9'"),
+        ({"layers": ["block1.2"]}, ValueError, "layers: 'block1.2' has no parameters to randomise"),
+        ({"layers": "head"}, TypeError, "layers: expected a list of modules or dotted names, got str"),
+        ({"layers": []}, ValueError, "layers: expected at least one layer"),
+        ({"layers": ["haed"]}, ValueError, "layers: no submodule named 'haed'"),
+        ({"max_steps": 0}, ValueError, "max_steps: expected a positive int, got 0"),
+        ({"options": {"samples": 3}}, ValueError, "options: grad-cam takes no 'samples'; it takes contrast, batch_size"),
+        ({"options": [1]}, TypeError, "options: expected a dict"),
+        ({"seed": "a"}, TypeError, "seed: expected an int"),
+        ({"target": 3}, ValueError, "target: class index 3 is out of range"),
+    ],
+)
+def test_bad_arguments(stack_image, arguments, error, message):
+    arguments = {"target": 1, **arguments}
+    target = arguments.pop("target")
+    with pytest.raises(error, match=message):
+        cw.sanity_check(Stack(), stack_image, target, **arguments)
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "integrated-gradients", "guided-backprop"])
+def test_the_model_is_left_as_it_was(method, stack_image):
+    model = used_model(Stack())
+    state = ModelState(model)
+    cw.sanity_check(model, stack_image, 1, method, options={"steps": 3} if method == "integrated-gradients" else None)
+    state.assert_unchanged()
+
+    def stop(fraction):
+        if fraction > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cw.sanity_check(model, stack_image, 1, method, checkpoint=stop, options={"steps": 3} if method == "integrated-gradients" else None)
+    state.assert_unchanged()
+
+
+def test_rank_correlation_equals_scipys_with_ties():
+    generator = np.random.default_rng(0)
+    a = generator.integers(0, 5, size=(12, 9)).astype(np.float32)
+    b = a + generator.normal(0, 2, size=a.shape).astype(np.float32)
+    b[b < 1] = 0  # a ReLU's flat zeros
+    expected = spearmanr(a.ravel(), b.ravel()).statistic
+    assert rank_correlation(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(rank_correlation(torch.zeros(4, 4), torch.from_numpy(a[:4, :4])))
+
+
+@pytest.mark.parametrize("size", [(40, 33), (11, 11)])
+def test_ssim_equals_scikit_images_with_wangs_gaussian_window(size):
+    generator = np.random.default_rng(1)
+    a = generator.random(size)
+    b = np.clip(a + generator.normal(0, 0.2, size), 0, 1)
+    expected = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert ssim(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, abs=1e-10)
+    assert ssim(torch.from_numpy(a), torch.from_numpy(a)) == pytest.approx(1.0)
