@@ -61,3 +61,6 @@ bench: setup $(CHROMIUM)
 	$(PYTHON) bench/bench_methods.py
 	$(PYTHON) bench/bench_data.py
 	$(PYTHON) bench/bench_browser.py
+	$(PYTHON) bench/bench_trust.py
+	$(PYTHON) bench/bench_projector.py
+	$(PYTHON) bench/bench_test_set.py
