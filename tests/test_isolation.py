@@ -95,7 +95,8 @@ def test_two_panels_and_the_users_calls_share_a_model_that_nobody_touches():
     chooser = random.Random(2)
     changes = 0
     deadline = time.monotonic() + SHARED_SECONDS
-    while time.monotonic() < deadline:
+    # At least SHARED_SECONDS, and enough work on every side however busy the machine is.
+    while time.monotonic() < deadline or changes < 20 or user_calls[0] < 20:
         image, target = chooser.choice(cases)
         for panel in (grad_cam_panel, guided_panel):
             panel.image = image
