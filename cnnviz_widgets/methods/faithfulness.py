@@ -97,13 +97,16 @@ def saliency_ranks(saliency, size) -> Tensor:
     if isinstance(saliency, np.ndarray):
         saliency = torch.from_numpy(saliency)
     if not isinstance(saliency, Tensor):
-        raise TypeError(f"saliency: expected a tensor or array of shape (H, W) or (C, H, W), got {type(saliency).__name__}")
+        raise TypeError(
+            f"saliency: expected a tensor or array of shape (H, W) or (C, H, W), got {type(saliency).__name__}"
+        )
     saliency = saliency.detach().cpu()
     if saliency.dim() == 3:
         saliency = saliency.abs().sum(dim=0)
     if saliency.dim() != 2 or tuple(saliency.shape) != tuple(size):
         raise ValueError(
-            f"saliency: expected shape (H, W) or (C, H, W) with (H, W) = {tuple(size)} as x, got {tuple(saliency.shape)}"
+            f"saliency: expected shape (H, W) or (C, H, W) with (H, W) = {tuple(size)} as x, "
+            f"got {tuple(saliency.shape)}"
         )
     if not saliency.is_floating_point():
         saliency = saliency.double()

@@ -191,6 +191,10 @@ def cam(
         than ``contrast``.
     batch_size, checkpoint: Score-CAM's masked images per forward pass, and ``checkpoint(fraction_done)``
         called between two of those passes (raise from it to stop); the other methods make one pass.
+
+    Score-CAM weighs the layer's maps as they are, with weights that land on a few channels: on a layer whose
+    outputs go negative (a convolution before its activation) the map can be empty; take the activation after
+    it (on EfficientNet-Lite0, ``_conv_head`` gives an empty map for the cat, the head's ReLU6 ``_swish`` not).
     """
     check_model(model)
     output = check_output(output)

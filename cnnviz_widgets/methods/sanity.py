@@ -114,7 +114,10 @@ def sanity_check(
         randomised = copy.deepcopy(replica)
     if steps is None:
         steps = [call.name for call in reversed(calls) if owns_parameters(call.module)]
+        if not steps:
+            raise ValueError(f"model: {type(model).__name__} calls no layer with parameters; there is nothing to randomise")
     cascade = [(name, parameterised_modules(randomised, name)) for name in steps[:max_steps]]
+    # The public methods compute on the copy as on any model, so the original map is exactly theirs.
     explain = explainer(method, image, target, layer_name, output, options)
     original = explain(randomised)
     step_seeds = torch.randint(2**62, (len(cascade),), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -124,7 +127,7 @@ def sanity_check(
             checkpoint(number / len(cascade))
         reinitialise(modules, step_seed)
         maps.append(explain(randomised))
-    maps = torch.stack(maps) if maps else original.new_empty((0, *original.shape))
+    maps = torch.stack(maps)
     return SanityResult(
         layers=[name for name, _ in cascade],
         original=original,
@@ -134,7 +137,9 @@ def sanity_check(
     )
 
 
-def explainer(method: str, image: Tensor, target, layer: str | None, output, options: dict) -> Callable[[nn.Module], Tensor]:
+def explainer(
+    method: str, image: Tensor, target, layer: str | None, output, options: dict
+) -> Callable[[nn.Module], Tensor]:
     """model -> the ``(H, W)`` map of ``method`` in [0, 1], as the cascade compares them."""
     if method in CAM_METHODS:
         return lambda model: cam(model, image, layer, target, method, output=output, **options)

@@ -17,6 +17,8 @@ TOUR = Path(__file__).parents[2] / "notebooks" / "tour.ipynb"
 HUNDRED_CLASSES = Path(__file__).parent / "notebooks" / "mistakes_100_classes.ipynb"
 WIDTHS = (900, 1600)
 NARROW = 600
+# A tab computes its view when first shown; the Compare tab runs a dozen methods, minutes on two busy cores.
+TAB_DRAWN_TIMEOUT_S = 600
 # Tall enough for the tallest panel, so that each is seen whole.
 WINDOW_HEIGHT = 1800
 # Pixels a box may stick out of another by rounding.
@@ -98,7 +100,7 @@ def save_every_tab(notebook, dashboard, name: str, width: int) -> list[str]:
     titles = [title.strip() for title in dashboard.locator(".lm-TabBar-tab").all_text_contents()]
     for title in titles:
         panel = show_tab(dashboard, title)
-        wait_until_drawn(panel)
+        wait_until_drawn(panel, TAB_DRAWN_TIMEOUT_S)
         dashboard.scroll_into_view_if_needed()
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
         save_screenshot(f"tab-{name}-{slug}-{width}", dashboard)

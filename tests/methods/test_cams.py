@@ -183,11 +183,16 @@ def test_contrast_is_the_map_of_the_logit_difference(method, digits_model, digit
 
 
 def test_contrast_lights_the_object_of_the_target_rather_than_the_other(efficientnet, cat_and_coffee):
-    """Chelsea on the left half, the espresso on the right: "coffee rather than cat" looks right, and back."""
+    """Chelsea on the left half, the espresso on the right: "coffee rather than cat" looks right, and back.
+    Measured: 0.51 on the right against 0.008 on the left, and 0.54 on the left against 0.006 on the right."""
     coffee_left, coffee_right = halves(cw.grad_cam(efficientnet, cat_and_coffee, "_conv_head", ESPRESSO, contrast=EGYPTIAN_CAT))
     cat_left, cat_right = halves(cw.grad_cam(efficientnet, cat_and_coffee, "_conv_head", EGYPTIAN_CAT, contrast=ESPRESSO))
-    assert coffee_right > 2 * coffee_left
-    assert cat_left > 2 * cat_right
+    assert coffee_right > 10 * coffee_left
+    assert cat_left > 10 * cat_right
+    # Against the other class, the evidence the plain map finds on the other object fades.
+    plain_coffee_left, _ = halves(cw.grad_cam(efficientnet, cat_and_coffee, "_conv_head", ESPRESSO))
+    _, plain_cat_right = halves(cw.grad_cam(efficientnet, cat_and_coffee, "_conv_head", EGYPTIAN_CAT))
+    assert coffee_left < plain_coffee_left / 4 and cat_right < plain_cat_right / 4
 
 
 @pytest.mark.parametrize(

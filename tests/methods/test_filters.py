@@ -43,12 +43,14 @@ def test_one_filter_index_and_one_input_channel(digits_model):
 
 def test_starts_from_grey_with_small_noise(resnet18):
     seen = {}
-    cw.filter_patterns(resnet18, "layer1.0.conv1", [0, 1], size=48, steps=1, callback=seen.__setitem__)
+    cw.filter_patterns(
+        resnet18, "layer1.0.conv1", [0, 1], size=48, steps=1, checkpoint=lambda fraction, pictures: seen.update({fraction: pictures})
+    )
     # After a single step of at most the learning rate per spectral coefficient, still close to grey.
-    assert (seen[1] - 0.5).abs().mean() < 0.1
+    assert (seen[1.0] - 0.5).abs().mean() < 0.1
 
 
-def test_callback_sees_the_patterns_emerge(resnet18):
+def test_the_checkpoint_sees_the_patterns_emerge(resnet18):
     calls = []
     final = cw.filter_patterns(
         resnet18,
@@ -56,8 +58,8 @@ def test_callback_sees_the_patterns_emerge(resnet18):
         [0, 1],
         size=32,
         steps=7,
-        callback=lambda step, images: calls.append((step, images)),
-        callback_every=3,
+        checkpoint=lambda fraction, images=None: images is not None and calls.append((round(fraction * 7), images)),
+        preview_every=3,
     )
     assert [step for step, _ in calls] == [3, 6, 7]
     assert all(images.shape == (2, 3, 32, 32) for _, images in calls)
@@ -91,7 +93,7 @@ def test_bad_filters(resnet18, filters, error, message):
     [
         (dict(size=0), ValueError, "size: expected a positive int, got 0"),
         (dict(steps=2.0), TypeError, "steps: expected an int, got float"),
-        (dict(normalize=((0.5,), (0.0,))), ValueError, "normalize: std must be positive"),
+        (dict(normalize=((0.5,), (0.0,))), ValueError, "normalize: std must not be zero"),
         (dict(normalize=((0.5, 0.5), (0.5, 0.5))), ValueError, "normalize: mean has 2 values for a model reading 3"),
         (dict(normalize=0.5), TypeError, r"normalize: expected a \(mean, std\) pair"),
         (dict(normalize=("grey", 0.5)), TypeError, "normalize: mean must be a number or a sequence of numbers"),

@@ -10,7 +10,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.methods.sanity import rank_correlation, ssim
+from cnnviz_widgets.methods.sanity import rank_correlation, reinitialise, ssim
 from method_helpers import EGYPTIAN_CAT
 from tests.model_state import ModelState, used_model
 
@@ -128,7 +128,7 @@ def test_modules_without_reset_parameters_are_redrawn_at_their_scale(stack_image
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3)
-            self.gain = Gain()
+            self.gain = Gain(4)
             self.head = nn.Linear(4, 2)
 
         def forward(self, x):
@@ -137,12 +137,21 @@ def test_modules_without_reset_parameters_are_redrawn_at_their_scale(stack_image
     result = cw.sanity_check(Scaled(), stack_image, 0, "saliency", layers=["gain"])
     assert result.layers == ["gain"]
     assert not torch.equal(result.maps[0], result.original)
+    gain = Gain(10_000)
+    before = gain.weight.detach().clone()
+    reinitialise([gain], seed=0)
+    after = gain.weight.detach()
+    assert not torch.equal(after, before)
+    assert float(after.mean()) == pytest.approx(float(before.mean()), abs=0.02)
+    assert float(after.std()) == pytest.approx(float(before.std()), rel=0.05)
 
 
 class Gain(nn.Module):
-    def __init__(self):
+    """A module with a parameter of its own and no ``reset_parameters``."""
+
+    def __init__(self, channels: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.linspace(0.5, 2.0, 4).reshape(4, 1, 1))
+        self.weight = nn.Parameter(torch.linspace(0.5, 2.0, channels).reshape(channels, 1, 1))
 
     def forward(self, x):
         return x * self.weight
@@ -178,11 +187,18 @@ def test_bad_arguments(stack_image, arguments, error, message):
         cw.sanity_check(Stack(), stack_image, target, **arguments)
 
 
+def test_a_model_without_parameters_has_nothing_to_randomise(stack_image):
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())
+    with pytest.raises(ValueError, match="model: Sequential calls no layer with parameters"):
+        cw.sanity_check(model, stack_image, 1, "saliency")
+
+
 @pytest.mark.parametrize("method", ["grad-cam", "integrated-gradients", "guided-backprop"])
 def test_the_model_is_left_as_it_was(method, stack_image):
     model = used_model(Stack())
     state = ModelState(model)
-    cw.sanity_check(model, stack_image, 1, method, options={"steps": 3} if method == "integrated-gradients" else None)
+    options = {"steps": 3} if method == "integrated-gradients" else None
+    cw.sanity_check(model, stack_image, 1, method, options=options)
     state.assert_unchanged()
 
     def stop(fraction):
@@ -190,7 +206,7 @@ def test_the_model_is_left_as_it_was(method, stack_image):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        cw.sanity_check(model, stack_image, 1, method, checkpoint=stop, options={"steps": 3} if method == "integrated-gradients" else None)
+        cw.sanity_check(model, stack_image, 1, method, checkpoint=stop, options=options)
     state.assert_unchanged()
 
 

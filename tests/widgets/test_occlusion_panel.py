@@ -1,6 +1,5 @@
 """OcclusionPanel: the map equals the method's, a long run can be stopped, the live patch answers at once."""
 
-import sys
 import threading
 
 import numpy as np
@@ -40,28 +39,30 @@ def test_a_long_run_can_be_stopped_and_the_panel_then_answers_a_new_request(digi
     panel.window.value = 8
     settled(panel)
     shown_before = panel.scores_view.value
-    batches, running = [], threading.Event()
-    method = sys.modules["cnnviz_widgets.methods.occlusion"]
-    original = method.forward_occluded
+    # The run is held at its first batch until Stop is pressed: however fast the machine, Stop lands mid-run.
+    running, pressed = threading.Event(), threading.Event()
+    occlusion = panel.session.occlusion
 
-    def counting_forward(*args):
-        batches.append(len(args[3]))
-        if len(batches) == 2:
-            running.set()
-        return original(*args)
+    def held(index, target, window, stride, fill, checkpoint=None, batch_size=8):
+        def hold(fraction):
+            if fraction > 0:
+                running.set()
+                pressed.wait(60)
+            checkpoint(fraction)
 
-    monkeypatch.setattr(method, "forward_occluded", counting_forward)
+        return occlusion(index, target, window, stride, fill, hold, batch_size)
+
+    monkeypatch.setattr(panel.session, "occlusion", held)
     panel.stride.value = 1
-    assert running.wait(30), "the long run started"
+    assert running.wait(60), "the long run started"
     assert panel.task_bar.layout.display == "flex", "the progress bar shows while the map is computed"
     panel.task_bar.stop.click()
-    assert panel.long_runner.wait(5), "stopping takes effect within a batch"
-    stopped_after = len(batches)
-    assert stopped_after < 25 * 25 // 8, "the run stopped before its end"
-    assert panel.scores_view.value == shown_before
+    pressed.set()
+    assert panel.long_runner.wait(60), "stopping takes effect"
+    assert panel.scores_view.value == shown_before, "the stopped run shows nothing"
     assert panel.task_bar.layout.display == "none"
+    monkeypatch.undo()
 
-    monkeypatch.setattr(method, "forward_occluded", original)
     panel.stride.value = 8
     settled(panel)
     assert "4×4 places" in panel.scores_label.value
