@@ -47,7 +47,7 @@ windows of 56 px: 370 ms in batches of 4, 1,450 ms in batches of 25). Pass a lar
 Occlusion measures its own (``BATCH_SIZES``)."""
 
 BATCH_SIZES = {"incremental": (8, 16, 32), "full": (2, 4, 8)}
-"""The batch sizes the tuner tries, per engine. MEASURED-LATER"""
+"""The batch sizes the tuner tries, per engine."""
 
 
 @dataclass(frozen=True)
