@@ -1,16 +1,13 @@
 """Occlusion sensitivity: slide a patch over the image and watch the class probability fall.
 
-Every occluded image goes through the network, batch by batch, on the replica's fast copy
-(``cnnviz_widgets.fast``: BatchNorm folded, memory format and batch size measured) and by incremental
-inference where the network allows it (``methods/incremental.py``: each layer recomputes only the region a
-patch changes); the scores equal those of whole forward passes of the replica up to rounding. The fills a
-patch can take beside a number or a tensor of the user's (``fill``): the image's mean colour, or a blurred
-copy of the image.
+Every occluded image goes through the network; ``forward_occluded`` turns one batch of patch positions
+into logits and is the single place to replace (e.g. by incremental inference that recomputes only the
+region a patch touches). The fills a patch can take beside a number or a tensor of the user's
+(``fill``): the image's mean colour, or a blurred copy of the image.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -18,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..fast import FastCopy, Setting, Tuner, fast_copy, tuner
 from ..inputs import (
     check_baseline,
     check_image,
@@ -30,7 +26,9 @@ from ..inputs import (
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
-from .incremental import Box, engine_for
+
+Box = tuple[int, int, int, int]
+"""A patch ``(top, bottom, left, right)``: rows ``top:bottom`` and columns ``left:right`` of the image."""
 
 Checkpoint = Callable[..., None]
 """The cancellation protocol of every long method: ``checkpoint(fraction_done)`` is called between two
@@ -41,13 +39,9 @@ BLUR_SIGMA = 8.0
 while its colours stay."""
 
 DEFAULT_BATCH_SIZE = 4
-"""Perturbed images per whole forward pass, for the methods that run many (Score-CAM, deletion and
-insertion). On the CPU small batches win: each layer's activations stay in cache (EfficientNet-Lite0, 49
-windows of 56 px: 370 ms in batches of 4, 1,450 ms in batches of 25). Pass a larger ``batch_size`` on a GPU.
-Occlusion measures its own (``BATCH_SIZES``)."""
-
-BATCH_SIZES = {"incremental": (8, 16, 32), "full": (2, 4, 8)}
-"""The batch sizes the tuner tries, per engine."""
+"""Occluded images per forward pass. On the CPU small batches win: each layer's activations stay in cache
+(EfficientNet-Lite0, 49 windows of 56 px: 370 ms in batches of 4, 1,450 ms in batches of 25). Pass a
+larger ``batch_size`` on a GPU."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +54,14 @@ class OcclusionResult:
     scores: Tensor
     attribution: Tensor
     probability: float
+
+
+def forward_occluded(model: nn.Module, image: Tensor, baseline: Tensor, boxes: Sequence[Box]) -> Tensor:
+    """Logits ``(len(boxes), K)`` of ``image`` (1, C, H, W) with each box replaced by ``baseline``."""
+    batch = image.expand(len(boxes), -1, -1, -1).clone()
+    for row, (top, bottom, left, right) in enumerate(boxes):
+        batch[row, :, top:bottom, left:right] = baseline[0, :, top:bottom, left:right]
+    return model(batch)
 
 
 def window_boxes(
@@ -88,8 +90,7 @@ def occlusion(
     stride=16,
     baseline=0.0,
     *,
-    batch_size: int | None = None,
-    incremental: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     output=None,
     checkpoint: Checkpoint | None = None,
 ) -> OcclusionResult:
@@ -99,56 +100,29 @@ def occlusion(
     baseline: what fills the patch: a number, a tensor broadcastable to ``x`` (e.g. a grey picture passed
         through the model's preprocessing), ``"mean"`` (the image's mean per channel) or ``"blurred"`` (the
         image under a Gaussian blur of sigma ``BLUR_SIGMA`` pixels).
-    batch_size: occluded images per batch; None: the fastest of ``BATCH_SIZES``, measured on the first batches.
-    incremental: False runs every occluded image through the whole network (the reference the incremental
-        engine is tested against).
     checkpoint: called as ``checkpoint(fraction_done)`` between two batches; raise from it to stop.
     """
     check_model(model)
     output = check_output(output)
-    if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size")
-    if not isinstance(incremental, bool):
-        raise TypeError(f"incremental: expected True or False, got {incremental!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     with borrow(model) as replica:
         image = check_image(replica, x)
         (window_hw, stride_hw) = check_window(window, stride, image.shape[-2], image.shape[-1])
         fill = check_baseline(fill_of(baseline, image), image)
         boxes, rows, cols = window_boxes(image.shape[-2], image.shape[-1], window_hw, stride_hw)
         with probe(replica) as capture:
-            intact = capture.run(image)
-            logits = logits_of(intact, output)
+            logits = logits_of(capture.run(image), output)
             index = check_target(target, logits.shape[1])
             probability = torch.softmax(logits, dim=1)[0, index]
-            fast = fast_copy(replica, image, intact)
-            engine = engine_for(fast, image, fill, boxes, incremental)
-            chooser = _tuner_for(replica, fast, engine.kind, image, window_hw, len(boxes), batch_size)
             scores = []
-            done = 0
-            while done < len(boxes):
+            for start in range(0, len(boxes), batch_size):
                 if checkpoint is not None:
-                    checkpoint(done / len(boxes))
-                setting = chooser.next()
-                positions = range(done, min(done + setting.batch_size, len(boxes)))
-                start = time.perf_counter()
-                batch_logits = logits_of(engine(positions, setting.memory_format), output)
-                chooser.record(setting, time.perf_counter() - start, len(positions))
+                    checkpoint(start / len(boxes))
+                batch_logits = logits_of(forward_occluded(replica, image, fill, boxes[start : start + batch_size]), output)
                 scores.append(torch.softmax(batch_logits, dim=1)[:, index])
-                done = positions.stop
         scores = torch.cat(scores)
     attribution = spread_over_windows(probability - scores, boxes, image.shape[-2:])
     return OcclusionResult(scores.reshape(rows, cols).cpu(), attribution.cpu(), float(probability))
-
-
-def _tuner_for(replica: nn.Module, fast: FastCopy, kind: str, image: Tensor, window, positions: int, batch_size: int | None) -> Tuner:
-    """The tuner of this work: each memory format the fast copy kept, with ``batch_size`` or each of the
-    engine's ``BATCH_SIZES`` that a map of ``positions`` fills."""
-    if batch_size is not None:
-        sizes = (batch_size,)
-    else:
-        sizes = tuple(size for size in BATCH_SIZES[kind] if size <= positions) or (positions,)
-    key = (kind, tuple(image.shape), window, sizes, fast.memory_formats)
-    return tuner(replica, key, lambda: [Setting(f, size) for f in fast.memory_formats for size in sizes])
 
 
 def spread_over_windows(drops: Tensor, boxes: Sequence[Box], size) -> Tensor:
