@@ -116,17 +116,20 @@ class ConfusionMatrix(ipywidgets.VBox):
         )
         row_scale, column_scale = bqplot.OrdinalScale(reverse=True), bqplot.OrdinalScale()
         sizes = MatrixLayout.of(names)
+        # Cells too small for their count lose it and their grey border too, which would hide their colour.
+        large = sizes.cell >= COUNT_CELL_PIXELS
         self.heatmap = bqplot.GridHeatMap(
             color=matrix,
             row=names,
             column=names,
             scales={"row": row_scale, "column": column_scale, "color": color_scale},
-            selected_style={"stroke": "#111", "stroke-width": "3" if sizes.cell >= COUNT_CELL_PIXELS else "2"},
-            stroke="#d0d0d0" if sizes.cell >= COUNT_CELL_PIXELS else None,
-            display_format="d" if sizes.cell >= COUNT_CELL_PIXELS else None,
+            selected_style={"stroke": "#111", "stroke-width": "3" if large else "2"},
+            stroke="#d0d0d0" if large else None,
+            display_format="d" if large else None,
             font_style={"font-size": "12px", "fill": "#1a1a1a"},
             tooltip=bqplot.Tooltip(fields=["row", "column", "color"], labels=["true", "predicted", "images"]),
         )
+
         # An ordinal axis draws a tick per class whatever its tick_values: the classes left out get an empty label.
         def labels(shown):
             shown = set(shown)

@@ -78,6 +78,8 @@ def assert_shows_soon(picture, digest: str, what: str, timeout_s: float = 30.0) 
 def assert_grad_cam_of_the_chosen_class(notebook, panel, select, index: int) -> None:
     """The kernel's class is option ``index``; the left picture is its Grad-CAM, labelled with the option's text."""
     value, text = select.evaluate("(s, i) => [s.options[i].value, s.options[i].textContent]", index)
+    # ipywidgets writes an option's spaces as no-break spaces, so that the browser keeps them all.
+    text = text.replace("\xa0", " ")
     assert notebook.kernel_eval("dashboard.grad_cam.class_chooser.index") == str(index)
     expected = notebook.kernel_eval(GRAD_CAM_DIGEST.format(panel="dashboard.grad_cam")).strip()
     assert_shows_soon(panel.locator(".cnnviz-grad-cam-left"), expected, f"the Grad-CAM of option {index} ({text})")
