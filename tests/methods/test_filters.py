@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import cnnviz_widgets as cw
+from cnnviz_widgets.methods.filters import map_weights, receptive_field
 from cnnviz_widgets.probe import probe
 
 DEMO_NORMALIZE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# What cw.demo.digits_preprocess does: ink (dark on the displayed picture) is 1 for the network.
+DIGITS_NORMALIZE = ((1.0,), (-1.0,))
 
 
 def test_weights_equal_the_layer_weights_as_a_detached_copy(vgg11_bn):
@@ -133,3 +137,85 @@ def test_patterns_for_units_of_a_linear_layer(digits_model):
         grey = digits_model(torch.full((1, 1, 32, 32), 0.5))[0]
         logits = digits_model(patterns)
     assert logits[0, 3] > grey[3] + 1 and logits[1, 7] > grey[7] + 1
+
+
+def edge_detectors() -> nn.Sequential:
+    """A first conv layer set by hand: filter 0 answers vertical edges, dark on the left and bright on the
+    right (a Sobel kernel), filter 1 horizontal ones, dark above and bright below; both also add up the
+    brightness of their window, as trained first layers do. Linear in the picture, so its map's mean
+    is maximised by a flat bright picture."""
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.stack([sobel, sobel.T]).unsqueeze(1) + 0.2)
+    torch.manual_seed(0)
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
+
+
+def middle(patterns):
+    """The middle half of each picture (side and height), where a small-field pattern is drawn."""
+    quarter = patterns.shape[-1] // 4
+    return patterns[..., quarter:-quarter, quarter:-quarter]
+
+
+def test_a_first_layer_edge_detector_draws_its_edge_not_a_flat_colour():
+    patterns = cw.filter_patterns(edge_detectors(), "0", [0, 1], size=48, steps=32, normalize=((0.5,), (0.5,)))
+    centre = middle(patterns)[:, 0]
+    assert (centre.flatten(1).std(dim=1) > 0.1).all(), "the middle of the picture is one flat grey"
+    # Orientation: the energy of the horizontal and of the vertical derivative.
+    across = (centre[:, :, 1:] - centre[:, :, :-1]).pow(2).sum(dim=(1, 2))
+    down = (centre[:, 1:, :] - centre[:, :-1, :]).pow(2).sum(dim=(1, 2))
+    assert across[0] > 2 * down[0] and down[1] > 1.5 * across[1], (across, down)
+    # Polarity: which side is brighter, from the first moments of the brightness.
+    offsets = torch.arange(centre.shape[-1]) - (centre.shape[-1] - 1) / 2
+    deviation = centre - centre.mean(dim=(1, 2), keepdim=True)
+    rightwards = (deviation * offsets[None, None, :]).mean(dim=(1, 2))
+    downwards = (deviation * offsets[None, :, None]).mean(dim=(1, 2))
+    assert rightwards[0] > 3 * downwards[0].abs(), "filter 0's pattern is not brighter on the right"
+    assert downwards[1] > 3 * rightwards[1].abs(), "filter 1's pattern is not brighter below"
+
+
+def test_the_receptive_field_is_measured_through_the_layers():
+    """Hand-computed fields: a 3x3 conv reads 3 px; the digits CNN's layout (conv, pool, conv, pool, conv)
+    reads 3, then 3 + 1 = 4 after a 2x2 pooling, 4 + 2 * 2 = 8 after the next conv at stride 2, 10 after
+    the second pooling and 10 + 2 * 4 = 18 after the last conv at stride 4."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2)]
+    stack = nn.Sequential(*layers, nn.Conv2d(4, 4, 3, padding=1))
+    pictures = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert [receptive_field(stack[: depth + 1](pictures), pictures) for depth in (0, 1, 2, 3, 4)] == [3, 4, 8, 10, 18]
+
+
+def test_small_fields_weigh_the_centre_and_wide_fields_the_whole_map(digits_model):
+    pictures = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    conv1, conv3 = digits_model.features[:1], digits_model.features
+    centre = map_weights(conv1(pictures), pictures)
+    assert centre.shape == (64, 64) and torch.isclose(centre.sum(), torch.tensor(1.0))
+    assert centre[31:33, 31:33].min() == centre.max() and centre[0, 0] < 1e-6 * centre.max()
+    whole = map_weights(conv3(pictures), pictures)
+    assert whole.shape == (16, 16) and torch.allclose(whole, torch.full((16, 16), 1 / 256))
+    assert map_weights(torch.zeros(2, 10), pictures) is None
+
+
+def test_first_layer_patterns_of_efficientnet_are_not_flat_squares(efficientnet):
+    """The stem is linear in the picture: its map's mean was maximised by flat squares of one colour with
+    blotched corners. Its middle must now hold a pattern: contrast, and more than one colour. Filters 0-7
+    all have weights (11, 16, 28 and 31 are all zeros, and rightly stay grey)."""
+    patterns = cw.filter_patterns(efficientnet, "_conv_stem", list(range(8)), size=64, steps=32, normalize=DEMO_NORMALIZE)
+    centre = middle(patterns)
+    contrast = centre.flatten(2).std(dim=2).max(dim=1).values
+    assert (contrast > 0.1).all(), contrast
+    levels = (centre * 3.999).long()
+    colours = levels[:, 0] * 16 + levels[:, 1] * 4 + levels[:, 2]
+    distinct = [int((torch.bincount(c.flatten(), minlength=64) >= 0.03 * c.numel()).sum()) for c in colours]
+    assert min(distinct) >= 2, distinct
+
+
+@pytest.mark.parametrize("layer", ["features.conv1", "features.conv2", "classifier"])
+def test_digits_patterns_are_not_pinned_to_black_and_white(digits_model, layer):
+    """With the digits CNN's own normalisation. Before: 6-8% of conv1's pixels within 0.02 of black or
+    white, up to 15% of a classifier pattern's."""
+    patterns = cw.filter_patterns(digits_model, layer, list(range(8)), size=64, steps=48, normalize=DIGITS_NORMALIZE)
+    pinned = ((patterns < 0.02) | (patterns > 0.98)).flatten(1).float().mean(dim=1)
+    assert (pinned < 0.02).all(), pinned
+    assert (patterns.flatten(1).std(dim=1) > 0.05).all(), "a flat pattern is not saturated either"
