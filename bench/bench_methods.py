@@ -1,11 +1,11 @@
 """Explanation methods side by side with the reference libraries, in one process.
 
-Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``). Prints a markdown table:
-for each model at 224 px, the best of several runs of our Grad-CAM (the raw map, as Captum's),
-guided backprop and exact occlusion
-next to Captum's (occlusion: its fastest ``perturbations_per_eval``, picked in a first trial) and pytorch-grad-cam's; then the
-time of 8 filter patterns at 128 px, and the memory (RSS) growth over 300 rounds of
-grad_cam + guided_backprop + feature_maps.
+Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``). Prints two markdown tables:
+for each model at 224 px, the best of several runs of our Grad-CAM (the raw map, as Captum's) and guided
+backprop next to Captum's and pytorch-grad-cam's; then exact occlusion at two window settings next to
+Captum's ``Occlusion`` at its fastest ``perturbations_per_eval`` (picked in a first trial), with the largest
+difference between the two attributions on softmax outputs. Then the time of 8 filter patterns at 128 px,
+and the memory (RSS) growth over 300 rounds of grad_cam + guided_backprop + feature_maps.
 
 ResNet18 and VGG16 use random weights (speed does not depend on them); EfficientNet-Lite0 is the demo
 model with its pretrained weights.
@@ -30,9 +30,13 @@ import cnnviz_widgets as cw
 SIZE = 224
 TARGET = 1
 GRADIENT_RUNS = 15
-OCCLUSION_RUNS = 4
-OCCLUSION_WINDOW, OCCLUSION_STRIDE = 56, 28
+OCCLUSION_SETTINGS = ((32, 8, 2), (56, 28, 4))
+"""(window, stride, runs): the fine map (625 positions) is timed fewer times, being long (VGG16: minutes)."""
 CAPTUM_PERTURBATIONS = (4, 8, 16, 32, 49)
+OCCLUSION_SETTLING_POSITIONS = 512
+"""Patch positions ours runs before it is timed: its first batches measure the memory format, batch size
+and threads on the work itself (then kept for the model), as a user's first maps do: 8 settings (2 memory
+formats, 2 batch sizes, 1 or 2 threads) tried twice, 384 positions, plus the short last batch of each map."""
 MEMORY_ROUNDS = 300
 PATTERN_FILTERS, PATTERN_SIZE = 8, 128
 
@@ -96,34 +100,67 @@ def guided_backprop_row(model, x):
     return times["ours"], times["captum"], None
 
 
-def occlusion_row(model, x):
-    captum = Occlusion(lambda batch: torch.softmax(model(batch), dim=1))
-    window = (3, OCCLUSION_WINDOW, OCCLUSION_WINDOW)
-    stride = (3, OCCLUSION_STRIDE, OCCLUSION_STRIDE)
+def captum_occlusion(model, x, window: int, stride: int, perturbations: int):
+    """Captum's Occlusion on softmax outputs, as ``cw.occlusion``'s ``attribution`` is defined: ``(H, W)``."""
+    with torch.no_grad():
+        return Occlusion(lambda batch: torch.softmax(model(batch), dim=1)).attribute(
+            x.unsqueeze(0),
+            sliding_window_shapes=(x.shape[0], window, window),
+            strides=(x.shape[0], stride, stride),
+            target=TARGET,
+            baselines=0.0,
+            perturbations_per_eval=perturbations,
+        )[0, 0]
 
-    def captum_run(perturbations):
-        with torch.no_grad():
-            captum.attribute(
-                x.unsqueeze(0),
-                sliding_window_shapes=window,
-                strides=stride,
-                target=TARGET,
-                baselines=0.0,
-                perturbations_per_eval=perturbations,
-            )
 
-    # Pick Captum's fastest setting first, then time it against ours on equal terms: taking the minimum
-    # over every setting's runs would hand Captum more draws at a quiet moment of the machine.
-    trial = best_times({p: lambda p=p: captum_run(p) for p in CAPTUM_PERTURBATIONS}, 1)
-    perturbations = min(trial, key=trial.get)
-    times = best_times(
-        {
-            "ours": lambda: cw.occlusion(model, x, TARGET, window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE),
-            "captum": lambda: captum_run(perturbations),
-        },
-        OCCLUSION_RUNS,
+def occlusion_rows(model, x):
+    """(window, stride, ours, Captum, Captum's perturbations_per_eval, max abs difference) per setting."""
+    # Captum's time per occluded image depends on its batch, not on the window: its fastest batch is picked
+    # on the coarse map, then Captum and ours are timed on equal terms (taking the minimum over every
+    # batch's runs would hand Captum more draws at a quiet moment of the machine).
+    coarse_window, coarse_stride, _ = OCCLUSION_SETTINGS[-1]
+    trial = best_times(
+        {p: lambda p=p: captum_occlusion(model, x, coarse_window, coarse_stride, p) for p in CAPTUM_PERTURBATIONS}, 1
     )
-    return times["ours"], times["captum"], None
+    perturbations = min(trial, key=trial.get)
+    rows = []
+    for window, stride, runs in OCCLUSION_SETTINGS:
+        last = {}
+
+        def ours():
+            last["ours"] = cw.occlusion(model, x, TARGET, window=window, stride=stride).attribution
+
+        def captum():
+            last["captum"] = captum_occlusion(model, x, window, stride, perturbations)
+
+        positions = (-(-(SIZE - window) // stride) + 1) ** 2
+        for _ in range(-(-OCCLUSION_SETTLING_POSITIONS // positions)):
+            ours()
+        times = best_times({"ours": ours, "captum": captum}, runs)
+        difference = float((last["ours"] - last["captum"]).abs().max())
+        rows.append((window, stride, times["ours"], times["captum"], perturbations, difference))
+    return rows
+
+
+class FirstMap(Exception):
+    """Raised from the checkpoint once the coarse map is there: the rest of the run is not timed."""
+
+
+def coarse_map_seconds(model, x, window: int, stride: int, runs: int) -> float:
+    """Best time from the call to the first coarse map a panel draws (``checkpoint``'s first partial)."""
+
+    def first_map(fraction, partial=None):
+        if partial is not None:
+            raise FirstMap
+
+    times = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        try:
+            cw.occlusion(model, x, TARGET, window=window, stride=stride, checkpoint=first_map)
+        except FirstMap:
+            times.append(time.perf_counter() - start)
+    return min(times[1:])
 
 
 def rss_mib() -> float:
@@ -156,9 +193,8 @@ def main():
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(True)
     x = torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {GRADIENT_RUNS} runs "
-          f"(occlusion: {OCCLUSION_RUNS}), input {SIZE} px; occlusion window {OCCLUSION_WINDOW}, "
-          f"stride {OCCLUSION_STRIDE}; Captum occlusion with the fastest perturbations_per_eval of {CAPTUM_PERTURBATIONS}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {GRADIENT_RUNS} runs, "
+          f"input {SIZE} px\n")
     print("| model | method | ours (ms) | Captum (ms) | pytorch-grad-cam (ms) | Captum / ours |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     all_models = models()
@@ -166,12 +202,23 @@ def main():
         rows = [
             ("Grad-CAM", grad_cam_row(model, layer, x)),
             ("guided backprop", guided_backprop_row(model, x)),
-            ("occlusion (exact)", occlusion_row(model, x)),
         ]
         for method, (ours, captum, other) in rows:
             print(f"| {name} | {method} | {milliseconds(ours)} | {milliseconds(captum)} | {milliseconds(other)} "
                   f"| {captum / ours:.2f}x |", flush=True)
+    print(f"\nExact occlusion, baseline 0, best of (runs) once ours settled ({OCCLUSION_SETTLING_POSITIONS} positions); Captum at "
+          f"its fastest perturbations_per_eval of {CAPTUM_PERTURBATIONS}; difference: max |ours - Captum| of the "
+          "attributions on softmax outputs\n")
+    print("| model | window, stride (runs) | ours (ms) | Captum fastest (ms) | per eval | ours / Captum | max abs difference |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, model, _ in all_models:
+        for (window, stride, ours, captum, perturbations, difference), (_, _, runs) in zip(occlusion_rows(model, x), OCCLUSION_SETTINGS):
+            print(f"| {name} | {window}, {stride} ({runs}) | {milliseconds(ours)} | {milliseconds(captum)} | {perturbations} "
+                  f"| {ours / captum:.2f}x | {difference:.1e} |", flush=True)
     _, efficientnet, _ = all_models[1]
+    window, stride, runs = OCCLUSION_SETTINGS[0]
+    print(f"\nCoarse occlusion map (4×4 places), the first picture of a window {window}, stride {stride} map on "
+          f"EfficientNet-Lite0: {milliseconds(coarse_map_seconds(efficientnet, x, window, stride, GRADIENT_RUNS))} ms")
     start = time.perf_counter()
     cw.filter_patterns(efficientnet, "_blocks.10._expand_conv", list(range(PATTERN_FILTERS)), size=PATTERN_SIZE,
                        normalize=((0.5,) * 3, (0.5,) * 3))

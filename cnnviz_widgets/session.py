@@ -472,11 +472,11 @@ class Session:
 
     # -- long work: on the WORK replica, so the live views stay free -------------------------------------
 
-    def occlusion(self, index: int, target: int, window: int, stride: int, fill: str, checkpoint=None, batch_size: int = 8):
+    def occlusion(self, index: int, target: int, window: int, stride: int, fill: str, checkpoint=None):
         with self.replicas.borrow(WORK) as replica:
             return methods.occlusion(
                 replica, self.input(index), target, window, stride, self.baseline(index, fill),
-                batch_size=batch_size, output=self.output, checkpoint=checkpoint,
+                output=self.output, checkpoint=checkpoint,
             )
 
     def filter_patterns(self, layer: str, filters, size: int, steps: int, checkpoint=None):

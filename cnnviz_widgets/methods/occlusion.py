@@ -1,13 +1,16 @@
 """Occlusion sensitivity: slide a patch over the image and watch the class probability fall.
 
-Every occluded image goes through the network; ``forward_occluded`` turns one batch of patch positions
-into logits and is the single place to replace (e.g. by incremental inference that recomputes only the
-region a patch touches). The fills a patch can take beside a number or a tensor of the user's
-(``fill``): the image's mean colour, or a blurred copy of the image.
+Every occluded image goes through the network, batch by batch, on the replica's fast copy
+(``cnnviz_widgets.fast``: BatchNorm folded, memory format and batch size measured) and by incremental
+inference where the network allows it (``methods/incremental.py``: each layer recomputes only the region a
+patch changes); the scores equal those of whole forward passes of the replica up to rounding. The fills a
+patch can take beside a number or a tensor of the user's (``fill``): the image's mean colour, or a blurred
+copy of the image.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fast import FastCopy, Setting, Tuner, fast_copy, intra_op_threads, tuner
 from ..inputs import (
     check_baseline,
     check_image,
@@ -26,22 +30,29 @@ from ..inputs import (
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
-
-Box = tuple[int, int, int, int]
-"""A patch ``(top, bottom, left, right)``: rows ``top:bottom`` and columns ``left:right`` of the image."""
+from .incremental import Box, engine_for
 
 Checkpoint = Callable[..., None]
-"""The cancellation protocol of every long method: ``checkpoint(fraction_done)`` is called between two
-steps of the work; raising from it stops the work, and the exception reaches the caller."""
+"""The cancellation protocol of every long method: ``checkpoint(fraction_done, partial=None)`` is called
+between two steps of the work, with the result so far when there is one to show; raising from it stops the
+work, and the exception reaches the caller."""
 
 BLUR_SIGMA = 8.0
 """Gaussian sigma, in input pixels, of the "blurred" fill: enough to wipe out a 224 px photo's textures
 while its colours stay."""
 
 DEFAULT_BATCH_SIZE = 4
-"""Occluded images per forward pass. On the CPU small batches win: each layer's activations stay in cache
-(EfficientNet-Lite0, 49 windows of 56 px: 370 ms in batches of 4, 1,450 ms in batches of 25). Pass a
-larger ``batch_size`` on a GPU."""
+"""Perturbed images per whole forward pass, for the methods that run many (Score-CAM, deletion and
+insertion). On the CPU small batches win: each layer's activations stay in cache (EfficientNet-Lite0, 49
+windows of 56 px: 370 ms in batches of 4, 1,450 ms in batches of 25). Pass a larger ``batch_size`` on a GPU.
+Occlusion measures its own (``BATCH_SIZES``)."""
+
+BATCH_SIZES = {"incremental": (16, 32), "full": (4, 8)}
+"""The batch sizes the tuner tries, per engine."""
+
+COARSE_SIDE = 4
+"""Positions along each side of the first, coarsest level of a map (16 at most): on EfficientNet-Lite0 at
+224 px, the first picture of a panel's map."""
 
 
 @dataclass(frozen=True)
@@ -54,14 +65,6 @@ class OcclusionResult:
     scores: Tensor
     attribution: Tensor
     probability: float
-
-
-def forward_occluded(model: nn.Module, image: Tensor, baseline: Tensor, boxes: Sequence[Box]) -> Tensor:
-    """Logits ``(len(boxes), K)`` of ``image`` (1, C, H, W) with each box replaced by ``baseline``."""
-    batch = image.expand(len(boxes), -1, -1, -1).clone()
-    for row, (top, bottom, left, right) in enumerate(boxes):
-        batch[row, :, top:bottom, left:right] = baseline[0, :, top:bottom, left:right]
-    return model(batch)
 
 
 def window_boxes(
@@ -90,7 +93,8 @@ def occlusion(
     stride=16,
     baseline=0.0,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
+    incremental: bool = True,
     output=None,
     checkpoint: Checkpoint | None = None,
 ) -> OcclusionResult:
@@ -100,29 +104,101 @@ def occlusion(
     baseline: what fills the patch: a number, a tensor broadcastable to ``x`` (e.g. a grey picture passed
         through the model's preprocessing), ``"mean"`` (the image's mean per channel) or ``"blurred"`` (the
         image under a Gaussian blur of sigma ``BLUR_SIGMA`` pixels).
-    checkpoint: called as ``checkpoint(fraction_done)`` between two batches; raise from it to stop.
+    batch_size: occluded images per batch; None: the fastest of ``BATCH_SIZES``, measured on the first batches.
+    incremental: False runs every occluded image through the whole network (the reference the incremental
+        engine is tested against).
+    checkpoint: called as ``checkpoint(fraction_done)`` between two batches; raise from it to stop. The
+        positions run coarse to fine (``refinement_levels``): after each level but the last, it is also
+        called as ``checkpoint(fraction_done, partial)``, ``partial`` the :class:`OcclusionResult` of the
+        levels so far (each place takes its nearest computed score), so that a panel can draw the map as it
+        sharpens.
     """
     check_model(model)
     output = check_output(output)
-    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    if not isinstance(incremental, bool):
+        raise TypeError(f"incremental: expected True or False, got {incremental!r}")
     with borrow(model) as replica:
         image = check_image(replica, x)
         (window_hw, stride_hw) = check_window(window, stride, image.shape[-2], image.shape[-1])
         fill = check_baseline(fill_of(baseline, image), image)
         boxes, rows, cols = window_boxes(image.shape[-2], image.shape[-1], window_hw, stride_hw)
         with probe(replica) as capture:
-            logits = logits_of(capture.run(image), output)
+            intact = capture.run(image)
+            logits = logits_of(intact, output)
             index = check_target(target, logits.shape[1])
             probability = torch.softmax(logits, dim=1)[0, index]
-            scores = []
-            for start in range(0, len(boxes), batch_size):
-                if checkpoint is not None:
-                    checkpoint(start / len(boxes))
-                batch_logits = logits_of(forward_occluded(replica, image, fill, boxes[start : start + batch_size]), output)
-                scores.append(torch.softmax(batch_logits, dim=1)[:, index])
-        scores = torch.cat(scores)
-    attribution = spread_over_windows(probability - scores, boxes, image.shape[-2:])
-    return OcclusionResult(scores.reshape(rows, cols).cpu(), attribution.cpu(), float(probability))
+            fast = fast_copy(replica, image, intact)
+            levels = refinement_levels(rows, cols)
+            order = [position for level in levels for position in level]
+            engine = engine_for(fast, image, fill, [boxes[position] for position in order], incremental)
+            chooser = _tuner_for(replica, fast, engine.kind, image, window_hw, len(boxes), batch_size)
+            scores = torch.empty(len(boxes), dtype=probability.dtype, device=probability.device)
+            done = 0
+            for level_number, level in enumerate(levels):
+                level_end = done + len(level)
+                while done < level_end:
+                    if checkpoint is not None:
+                        checkpoint(done / len(boxes))
+                    setting = chooser.next()
+                    positions = range(done, min(done + setting.batch_size, level_end))
+                    start = time.perf_counter()
+                    with intra_op_threads(setting.threads):
+                        batch_logits = logits_of(engine(positions, setting.memory_format), output)
+                    chooser.record(setting, time.perf_counter() - start, len(positions))
+                    scores[order[positions.start : positions.stop]] = torch.softmax(batch_logits, dim=1)[:, index]
+                    done = positions.stop
+                if checkpoint is not None and level_number < len(levels) - 1:
+                    step = 2 ** (len(levels) - 1 - level_number)
+                    coarse = _nearest_computed(scores.reshape(rows, cols), step)
+                    checkpoint(done / len(boxes), _result(coarse, probability, boxes, image))
+    return _result(scores.reshape(rows, cols), probability, boxes, image)
+
+
+def _result(scores: Tensor, probability: Tensor, boxes: Sequence[Box], image: Tensor) -> OcclusionResult:
+    attribution = spread_over_windows(probability - scores.flatten(), boxes, image.shape[-2:])
+    return OcclusionResult(scores.cpu(), attribution.cpu(), float(probability))
+
+
+def refinement_levels(rows: int, cols: int, coarse_side: int = COARSE_SIDE) -> list[list[int]]:
+    """The grid's positions (row-major indices) in levels, coarse to fine: level 0 takes every ``step``-th
+    row and column, with ``step`` the smallest power of two that leaves at most ``coarse_side`` of them
+    along each side; each next level halves the step and lists only the positions not yet taken."""
+    step = 1
+    while -(-max(rows, cols) // step) > coarse_side:
+        step *= 2
+    taken = torch.zeros(rows, cols, dtype=torch.bool)
+    levels = []
+    while step >= 1:
+        lattice = torch.zeros_like(taken)
+        lattice[::step, ::step] = True
+        new = lattice & ~taken
+        levels.append(new.flatten().nonzero().flatten().tolist())
+        taken |= new
+        step //= 2
+    return levels
+
+
+def _nearest_computed(scores: Tensor, step: int) -> Tensor:
+    """Each grid place takes the score of the lattice place (every ``step``-th row and column) at or
+    before it: the map as far as the levels computed so far know it."""
+    rows = torch.arange(scores.shape[0]) // step * step
+    cols = torch.arange(scores.shape[1]) // step * step
+    return scores[rows][:, cols]
+
+
+def _tuner_for(replica: nn.Module, fast: FastCopy, kind: str, image: Tensor, window, positions: int, batch_size: int | None) -> Tuner:
+    """The tuner of this work: each memory format the fast copy kept, with ``batch_size`` or each of the
+    engine's ``BATCH_SIZES`` that a map of ``positions`` fills, on torch's threads or on one."""
+    if batch_size is not None:
+        sizes = (batch_size,)
+    else:
+        sizes = tuple(size for size in BATCH_SIZES[kind] if size <= positions) or (positions,)
+    threads = tuple(sorted({torch.get_num_threads(), 1}, reverse=True))
+    key = (kind, tuple(image.shape), window, sizes, fast.memory_formats, threads)
+    settings = [Setting(f, size, count) for f in fast.memory_formats for size in sizes for count in threads]
+    return tuner(replica, key, lambda: settings)
 
 
 def spread_over_windows(drops: Tensor, boxes: Sequence[Box], size) -> Tensor:

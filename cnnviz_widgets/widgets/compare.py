@@ -129,7 +129,7 @@ class ComparePanel(Panel):
         image, layer, target = key
         view = self.session.view(image)
         for position, item in enumerate(EXPLANATIONS):
-            def step(fraction, position=position):
+            def step(fraction, partial=None, position=position):
                 task.checkpoint((position + fraction) / len(EXPLANATIONS))
 
             step(0.0)

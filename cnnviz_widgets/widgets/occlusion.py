@@ -14,14 +14,13 @@ from .heatmaps import PICTURE_LAYOUT
 from .picture import ClickablePicture
 
 LIVE_TOP_K = 5
-# Small batches: Stop and a newer request take effect between two batches, and progress moves often.
-OCCLUSION_BATCH = 8
 
 
 class OcclusionPanel(Panel):
     """The occlusion sensitivity map of one class, its attribution overlay, and a patch to move by hand.
 
-    ``result`` holds the :class:`~cnnviz_widgets.methods.occlusion.OcclusionResult` on screen.
+    ``result`` holds the :class:`~cnnviz_widgets.methods.occlusion.OcclusionResult` on screen once the map is
+    whole (None while a coarse map is shown and refined).
     """
 
     title = "Occlusion"
@@ -46,6 +45,7 @@ class OcclusionPanel(Panel):
         self.live_bars = widgets.HTML()
         self.scores_view.add_class("cnnviz-occlusion-scores")
         self.attribution_view.add_class("cnnviz-occlusion-attribution")
+        self.scores_label.add_class("cnnviz-occlusion-scores-label")
         self.baseline.add_class("cnnviz-occlusion-fill")
         self.live_view.add_class("cnnviz-occluder")
         self._scores_picture: np.ndarray | None = None
@@ -103,26 +103,38 @@ class OcclusionPanel(Panel):
 
     def _occlude(self, task, key):
         image, target, window, stride, kind = key
+
+        def sharpening(fraction, partial=None) -> None:
+            task.checkpoint(fraction)
+            if partial is not None:
+                self._apply(self._show_map, self._drawn(key, partial, fraction))
+
         task.checkpoint(0.0)
-        result = self.session.occlusion(image, target, window, stride, kind, task.checkpoint, batch_size=OCCLUSION_BATCH)
+        result = self.session.occlusion(image, target, window, stride, kind, sharpening)
         task.checkpoint(1.0)
-        view = self.session.view(image)
+        return self._drawn(key, result, 1.0)
+
+    def _drawn(self, key, result, fraction: float):
+        """The map's two pictures; ``fraction`` of its places computed (below 1: a coarse map, each place
+        showing its nearest computed score)."""
+        view = self.session.view(key[0])
         scores_picture = render.scores_picture(result.scores, self.cmap, side=max(view.shape[:2]))
         importance = render.scale_to_unit(np.clip(result.attribution.numpy(), 0.0, None))
         attribution_picture = render.overlay(view, importance, alpha=0.55, cmap="jet")
-        return key, result, scores_picture, attribution_picture
+        return key, result, scores_picture, attribution_picture, fraction
 
     def _show_map(self, outcome) -> None:
-        key, result, scores_picture, attribution_picture = outcome
-        self.result = result
+        key, result, scores_picture, attribution_picture, fraction = outcome
+        self.result = result if fraction == 1.0 else None
         self._scores_picture, self._attribution_picture = scores_picture, attribution_picture
         self.scores_view.value = render.to_png(scores_picture)
         self.attribution_view.value = render.to_png(attribution_picture)
         rows, cols = result.scores.shape
         name = self.session.class_names[key[1]]
         low, high = float(result.scores.min()), float(result.scores.max())
+        state = "" if fraction == 1.0 else f" (coarse: {round(fraction * rows * cols)} of them computed so far, refining)"
         self.scores_label.value = (
-            f"<span style='font-size:12px'>p({drawing.escape(name)}) with the patch at each of {rows}×{cols} places: "
+            f"<span style='font-size:12px'>p({drawing.escape(name)}) with the patch at each of {rows}×{cols} places{state}: "
             f"from {drawing.percent(low)} (dark) to {drawing.percent(high)} (yellow); "
             f"intact picture: {drawing.percent(result.probability)}</span>"
         )

@@ -34,8 +34,9 @@ class Task:
     def cancel(self) -> None:
         self._stop.set()
 
-    def checkpoint(self, fraction: float | None = None) -> None:
-        """Stop here if cancelled; otherwise report ``fraction`` (0..1) of the work done, when given."""
+    def checkpoint(self, fraction: float | None = None, partial=None) -> None:
+        """Stop here if cancelled; otherwise report ``fraction`` (0..1) of the work done, when given.
+        ``partial`` (the methods' result so far) is for the panel that shows it: it wraps this checkpoint."""
         if self._stop.is_set():
             raise Cancelled
         if fraction is not None and self._on_progress is not None:

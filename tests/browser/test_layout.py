@@ -98,6 +98,10 @@ def save_every_tab(notebook, dashboard, name: str, width: int) -> list[str]:
     """Show each tab of the dashboard, wait until it is drawn, save it; returns the tabs' titles."""
     dashboard.scroll_into_view_if_needed()
     titles = [title.strip() for title in dashboard.locator(".lm-TabBar-tab").all_text_contents()]
+    cut = dashboard.locator(".lm-TabBar-tabLabel").evaluate_all(
+        "(labels) => labels.filter((label) => label.scrollWidth > label.clientWidth).map((label) => label.textContent)"
+    )
+    assert cut == [], f"tab titles cut at {width} px"
     for title in titles:
         panel = show_tab(dashboard, title)
         wait_until_drawn(panel, TAB_DRAWN_TIMEOUT_S)

@@ -43,6 +43,15 @@ view = panel.session.view(panel.image)
 cam = cw.grad_cam(panel.session.model, panel.session.input(panel.image), panel.layer, panel.target)
 print(hashlib.sha256(cw.render.to_png(cw.render.overlay(view, cam, panel.opacity.value, panel.cmap.value))).hexdigest())"""
 
+# Count the pictures ``picture`` shows (each change of its src) and keep each caption ``label`` takes.
+RECORD_PICTURES_AND_CAPTIONS = """([picture, label]) => {
+    window.cnnvizPictures = 0;
+    window.cnnvizCaptions = [];
+    new MutationObserver(() => { window.cnnvizPictures += 1; }).observe(picture, { attributes: true, attributeFilter: ["src"] });
+    new MutationObserver(() => { window.cnnvizCaptions.push(label.innerText); })
+        .observe(label, { childList: true, subtree: true, characterData: true });
+}"""
+
 # Choose several options one after the other, without waiting for any repaint.
 CHANGE_QUICKLY = """([select, indices]) => {
     for (const index of indices) {
@@ -157,15 +166,30 @@ def test_photo_dashboard_every_panel_drawn_changes_repaint_in_order_and_a_long_o
     panel = show_tab(dashboard, "Occlusion")
     wait_until_drawn(panel)
     scores = panel.locator(".cnnviz-occlusion-scores")
+    # Every new map picture, with the caption under it when it arrived (the two come in one message batch,
+    # in either order: each caption change is recorded too).
+    page.evaluate(RECORD_PICTURES_AND_CAPTIONS, [scores.element_handle(), panel.locator(".cnnviz-occlusion-scores-label").element_handle()])
+    notebook.kernel_eval("occlusion = dashboard.panels['Occlusion']; occlusion.window.value = 32; occlusion.stride.value = 8")
+    page.wait_for_function("() => window.cnnvizCaptions.some((caption) => caption.includes('25×25 places:'))", timeout=120_000)
+    captions = page.evaluate("window.cnnvizCaptions")
+    first_fine = next(i for i, caption in enumerate(captions) if "25×25 places:" in caption)
+    coarse = [caption for caption in captions[:first_fine] if "25×25 places (coarse" in caption]
+    assert [caption.split("(coarse: ")[1].split(" of")[0] for caption in coarse] == ["16", "49", "169"], captions
+    assert page.evaluate("window.cnnvizPictures") >= 4, "a picture per level: 4×4, 7×7, 13×13, then the whole map"
+
     shown_before = scores.get_attribute("src")
-    notebook.kernel_eval("occlusion = dashboard.panels['Occlusion']; occlusion.window.value = 32; occlusion.stride.value = 2")
+    notebook.kernel_eval("occlusion.stride.value = 2")
     progress = panel.locator(".cnnviz-task-bar")
     progress.wait_for(state="visible", timeout=10_000)
-    notebook.screenshot("panel-occlusion-running", panel)
+    panel.get_by_text("97×97 places (coarse").wait_for(timeout=60_000)
+    notebook.screenshot("panel-occlusion-coarse", panel)
     panel.locator(".cnnviz-stop").click()
     progress.wait_for(state="hidden", timeout=10_000)
     assert notebook.kernel_eval("occlusion.long_runner.wait(10) and not occlusion.long_runner.busy") == "True"
-    assert scores.get_attribute("src") == shown_before, "a stopped run must not replace the map"
+    assert scores.get_attribute("src") != shown_before, "the coarse map of the stopped run stays on screen"
+    # The run has ended: what the kernel last sent is what stays on screen.
+    digest = notebook.kernel_eval("import hashlib; print(hashlib.sha256(occlusion.scores_view.value).hexdigest())").strip()
+    assert_shows_soon(scores, digest, "the stopped run's last map")
 
     notebook.kernel_eval("occlusion.stride.value = 28")
     wait_until_drawn(panel)

@@ -5,6 +5,7 @@ import torch
 from captum.attr import Occlusion
 
 import cnnviz_widgets as cw
+from cnnviz_widgets.methods.occlusion import refinement_levels, spread_over_windows, window_boxes
 from method_helpers import EGYPTIAN_CAT, ESPRESSO, assert_close_relative, halves
 
 
@@ -91,6 +92,38 @@ def test_the_checkpoint_is_called_before_each_batch(digits_model, digit):
     result = cw.occlusion(digits_model, digit[0], 0, window=8, stride=8, batch_size=6, checkpoint=fractions.append)
     assert fractions == [0.0, 6 / 16, 12 / 16]
     assert result.scores.shape == (4, 4)
+
+
+def test_refinement_levels_go_coarse_to_fine_and_take_each_place_once():
+    levels = refinement_levels(7, 7)
+    # 7 places per side: every 2nd row and column leaves 4 of them, the most the first level takes.
+    assert levels[0] == [row * 7 + col for row in (0, 2, 4, 6) for col in (0, 2, 4, 6)]
+    assert len(levels) == 2 and sorted(levels[0] + levels[1]) == list(range(49))
+    assert refinement_levels(3, 4) == [list(range(12))]
+    wide = refinement_levels(2, 9)
+    assert wide[0] == [0, 4, 8] and sorted(sum(wide, [])) == list(range(18))
+
+
+def test_each_partial_map_holds_the_computed_scores_and_their_nearest_copies(digits_model, digit):
+    x, label = digit
+    partials = []
+
+    def checkpoint(fraction, partial=None):
+        if partial is not None:
+            partials.append((fraction, partial))
+
+    result = cw.occlusion(digits_model, x, label, window=8, stride=2, baseline=0.25, checkpoint=checkpoint)
+    whole = cw.occlusion(digits_model, x, label, window=8, stride=2, baseline=0.25, incremental=False)
+    torch.testing.assert_close(result.scores, whole.scores, rtol=0, atol=1e-6)
+    # 13×13 places: levels every 4th place (4×4), every 2nd (7×7), then all.
+    assert [round(fraction * 169) for fraction, _ in partials] == [16, 49]
+    for (_, partial), step in zip(partials, (4, 2)):
+        lattice = torch.arange(13) // step * step
+        torch.testing.assert_close(partial.scores, whole.scores[lattice][:, lattice], rtol=0, atol=1e-6)
+        expected = spread_over_windows(
+            partial.probability - partial.scores.flatten(), window_boxes(32, 32, (8, 8), (2, 2))[0], (32, 32)
+        )
+        torch.testing.assert_close(partial.attribution, expected)
 
 
 def test_results_are_detached_on_cpu(digits_model, digit):

@@ -43,14 +43,14 @@ def test_a_long_run_can_be_stopped_and_the_panel_then_answers_a_new_request(digi
     running, pressed = threading.Event(), threading.Event()
     occlusion = panel.session.occlusion
 
-    def held(index, target, window, stride, fill, checkpoint=None, batch_size=8):
-        def hold(fraction):
+    def held(index, target, window, stride, fill, checkpoint=None):
+        def hold(fraction, partial=None):
             if fraction > 0:
                 running.set()
                 pressed.wait(60)
-            checkpoint(fraction)
+            checkpoint(fraction, partial)
 
-        return occlusion(index, target, window, stride, fill, hold, batch_size)
+        return occlusion(index, target, window, stride, fill, hold)
 
     monkeypatch.setattr(panel.session, "occlusion", held)
     panel.stride.value = 1
@@ -85,3 +85,31 @@ def test_moving_the_patch_updates_the_probabilities_at_once(digits):
     assert f"{names[top]}: {float(probabilities[top]):.1%}" in panel.live_bars.value
     picture = pixels(panel.live_view.value)
     assert (picture[box[0] + 3 : box[1] - 3, box[2] + 3 : box[3] - 3] == 0).all(), "the black patch is drawn where it was put"
+
+
+def test_a_coarse_map_is_drawn_first_then_sharpened_to_the_chosen_step(digits):
+    """25×25 places: the first picture shows 4×4 of them computed (every 8th row and column), each place
+    drawn with the score of the computed place at or before it; then 7×7 and 13×13; then the whole map."""
+    panel = settled(panel_of(cw.OcclusionPanel, digits))
+    panel.window.value = 8
+    settled(panel)
+    shown = []
+    # The caption is set after the picture: each caption comes with the picture drawn just before it.
+    panel.scores_label.observe(lambda change: shown.append((change["new"], panel.scores_view.value)), "value")
+    panel.stride.value = 1
+    settled(panel)
+    x = cw.demo.digits_preprocess(digits[1][0])
+    black = cw.demo.digits_preprocess(np.zeros((32, 32), np.uint8))
+    expected = cw.occlusion(digits[0], x, panel.target, window=8, stride=1, baseline=black, incremental=False)
+    side = max(panel.session.view(0).shape[:2])
+    assert [label.split("places")[1].split(": from")[0] for label, _ in shown] == [
+        " (coarse: 16 of them computed so far, refining)",
+        " (coarse: 49 of them computed so far, refining)",
+        " (coarse: 169 of them computed so far, refining)",
+        "",
+    ]
+    for (_, png), step in zip(shown, (8, 4, 2, 1)):
+        lattice = torch.arange(25) // step * step
+        coarse = expected.scores[lattice][:, lattice]
+        np.testing.assert_allclose(pixels(png), render.scores_picture(coarse, "viridis", side=side), atol=1)
+    assert panel.result is not None and torch.allclose(panel.result.scores, expected.scores, atol=1e-6)
