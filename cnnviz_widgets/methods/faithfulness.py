@@ -18,9 +18,7 @@ from ..inputs import check_baseline, check_image, check_model, check_positive_in
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
-from .occlusion import DEFAULT_BATCH_SIZE, Checkpoint, blur
-
-BASELINES = ("blur", "zero")
+from .occlusion import DEFAULT_BATCH_SIZE, Checkpoint, fill_of
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ def deletion_insertion(
     target,
     saliency,
     steps: int = 50,
-    baseline="blur",
+    baseline="blurred",
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     output=None,
@@ -55,8 +53,9 @@ def deletion_insertion(
         row-major order.
     steps: the curves have ``steps + 1`` points; point ``k`` has the first ``k * H * W // steps`` pixels
         in that order removed (deletion) or put back (insertion), all channels at once.
-    baseline: what a removed pixel becomes: ``"blur"`` (the image under a Gaussian blur of sigma
-        ``occlusion.BLUR_SIGMA`` pixels), ``"zero"``, a number, or a tensor broadcastable to ``x``.
+    baseline: what a removed pixel becomes, as occlusion's patch: ``"blurred"`` (the image under a Gaussian
+        blur of sigma ``occlusion.BLUR_SIGMA`` pixels), ``"mean"`` (the image's mean per channel), a number,
+        or a tensor broadcastable to ``x``.
     batch_size: images per forward pass. checkpoint: ``checkpoint(fraction_done)`` between two passes.
     """
     check_model(model)
@@ -66,7 +65,7 @@ def deletion_insertion(
     with borrow(model) as replica:
         image = check_image(replica, x)
         ranks = saliency_ranks(saliency, image.shape[-2:]).to(image.device)
-        fill = baseline_of(baseline, image)
+        fill = check_baseline(fill_of(baseline, image), image)
         counts = torch.arange(steps + 1, device=image.device) * ranks.numel() // steps
         # Deletion's points first, then insertion's: one list of (pixels changed, image kept where not).
         changed = torch.cat([counts, counts])
@@ -116,14 +115,3 @@ def saliency_ranks(saliency, size) -> Tensor:
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(len(order))
     return ranks.reshape(saliency.shape)
-
-
-def baseline_of(baseline, image: Tensor) -> Tensor:
-    """``"blur"`` and ``"zero"`` made into tensors like ``image``; numbers and tensors checked by check_baseline."""
-    if isinstance(baseline, str):
-        if baseline == "blur":
-            return blur(image)
-        if baseline == "zero":
-            return torch.zeros_like(image)
-        raise ValueError(f"baseline: expected a number, a tensor or one of {BASELINES}, got {baseline!r}")
-    return check_baseline(baseline, image)

@@ -68,7 +68,7 @@ def test_equal_values_go_in_row_major_order(x):
     # Pixels 1, 5 and 7 tie for first place, then 0 and 8; the rest tie last.
     saliency = torch.tensor([[2.0, 5.0, 0.0], [0.0, 0.0, 5.0], [0.0, 5.0, 2.0]])
     order = [1, 5, 7, 0, 8, 2, 3, 4, 6]
-    result = cw.deletion_insertion(model, x, 0, saliency, steps=9, baseline="zero")
+    result = cw.deletion_insertion(model, x, 0, saliency, steps=9, baseline=0)
     deletion, insertion = direct_curves(model, x, order, torch.zeros_like(x), 9, 0)
     np.testing.assert_allclose(result.deletion.numpy(), deletion, rtol=1e-6)
     np.testing.assert_allclose(result.insertion.numpy(), insertion, rtol=1e-6)
@@ -85,12 +85,12 @@ def test_an_attribution_per_channel_ranks_by_its_summed_magnitude(x):
     assert torch.equal(from_numpy.deletion, by_channels.deletion)
 
 
-@pytest.mark.parametrize("baseline", ["blur", "zero", -1.5, "tensor"])
+@pytest.mark.parametrize("baseline", ["blurred", "mean", -1.5, "tensor"])
 def test_curves_run_from_the_image_to_the_baseline(baseline):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     x = torch.randn(3, 40, 40, generator=torch.Generator().manual_seed(2))
-    fills = {"blur": blur(x[None])[0], "zero": torch.zeros_like(x), -1.5: torch.full_like(x, -1.5)}
+    fills = {"blurred": blur(x[None])[0], "mean": x.mean(dim=(1, 2), keepdim=True).expand_as(x), -1.5: torch.full_like(x, -1.5)}
     given = torch.linspace(-1, 1, 40).expand(3, 40, 40)
     fill = given if baseline == "tensor" else fills[baseline]
     result = cw.deletion_insertion(model, x, 1, torch.rand(40, 40), steps=5, baseline=given if baseline == "tensor" else baseline)
@@ -131,7 +131,7 @@ def test_batches_and_progress(x):
         ([[1.0]], {}, TypeError, "saliency: expected a tensor or array"),
         (torch.full((3, 3), float("nan")), {}, ValueError, "saliency: contains NaN"),
         (torch.rand(3, 3), {"steps": 0}, ValueError, "steps: expected a positive int, got 0"),
-        (torch.rand(3, 3), {"baseline": "blurred"}, ValueError, r"baseline: expected a number, a tensor or one of \('blur', 'zero'\)"),
+        (torch.rand(3, 3), {"baseline": "blur"}, ValueError, r"baseline: expected a number, a tensor or one of \('mean', 'blurred'\), got 'blur'"),
         (torch.rand(3, 3), {"baseline": torch.zeros(4, 3, 3)}, ValueError, "baseline: shape"),
         (torch.rand(3, 3), {"batch_size": 0}, ValueError, "batch_size: expected a positive int, got 0"),
         (torch.rand(3, 3), {"target": 3}, ValueError, "target: class index 3 is out of range"),
