@@ -136,6 +136,10 @@ class ComparePanel(Panel):
             importance = self.session.explanation(image, item.name, layer, target, step)
             picture = render.overlay(view, importance, alpha=0.5, cmap="jet")
             self._apply(self._show_map, (key, item.name, picture))
+            if not bool(importance.any()):
+                # No pixel ranks above another: deletion and insertion would only follow row order.
+                self._apply(self._show_flat, (key, item.name))
+                continue
             scores = self.session.faithfulness(image, item.name, layer, target, step)
             self._apply(self._show_scores, (key, item.name, scores))
         return key
@@ -162,6 +166,18 @@ class ComparePanel(Panel):
             f"insertion AUC <b>{scores.insertion_auc:.3f}</b></span>"
         )
         self._sort()
+
+    def _show_flat(self, result) -> None:
+        key, method = result
+        if not self._current(key):
+            return
+        _, _, curves, text = self.cards[method]
+        curves.value = b""
+        text.value = (
+            f"<span style='font-size:11px;color:#c62828'>zero everywhere at {drawing.escape(key[1])}: the weighted "
+            "sum of the layer's maps is negative at every place, so there is nothing to score. A layer after an "
+            "activation has positive maps</span>"
+        )
 
     def _sort(self) -> None:
         order = [item.name for item in EXPLANATIONS]

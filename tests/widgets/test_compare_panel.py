@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import nn
 
 import cnnviz_widgets as cw
 from cnnviz_widgets import render
@@ -51,3 +53,23 @@ def test_the_sanity_check_draws_the_cascade_and_says_what_it_means(digits):
     assert panel.error == ""
     panel.close()
     assert not panel.threads_alive
+
+
+def test_a_map_zero_everywhere_says_so_instead_of_scores():
+    """A layer whose maps are all negative (a large negative bias, no activation after it): Score-CAM weighs
+    them by probabilities, which are positive, so its map is zero at every place (pytorch-grad-cam's too).
+    Its card says so; deletion and insertion would only follow the row order of the pixels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)
+    pictures = [np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8) for seed in range(2)]
+    panel = settled(cw.ComparePanel(model, pictures, class_names=["a", "b", "c"]), timeout=120)
+    x = panel.session.input(0)
+    assert not cw.cam(model, x, "0", panel.target, method="score-cam").any()
+    _, picture, curves, text = panel.cards["score-cam"]
+    assert "zero everywhere at 0" in text.value and "score-cam" not in panel.scores
+    assert curves.value == b""
+    _, _, curves, text = panel.cards["saliency"]
+    assert "deletion AUC" in text.value and pixels(curves.value).std() > 1
+    assert panel.error == ""
