@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..fast import forwarder
 from ..inputs import check_baseline, check_image, check_model, check_positive_int, check_target
 from ..outputs import check_output, logits_of
 from ..probe import probe
@@ -71,7 +72,8 @@ def deletion_insertion(
         changed = torch.cat([counts, counts])
         deleting = torch.arange(2 * (steps + 1), device=image.device) <= steps
         probabilities = []
-        with probe(replica):
+        with probe(replica), torch.no_grad():
+            forward = forwarder(replica, image, "deletion and insertion", batch_size)
             for start in range(0, len(changed), batch_size):
                 if checkpoint is not None:
                     checkpoint(start / len(changed))
@@ -79,7 +81,7 @@ def deletion_insertion(
                 masks = (ranks < changed[chunk, None, None])[:, None]
                 keep_image = masks != deleting[chunk, None, None, None]
                 batch = torch.where(keep_image, image, fill)
-                logits = logits_of(replica(batch), output)
+                logits = logits_of(forward(batch), output)
                 index = check_target(target, logits.shape[1])
                 probabilities.append(torch.softmax(logits, dim=1)[:, index])
     deletion, insertion = torch.cat(probabilities).cpu().split(steps + 1)

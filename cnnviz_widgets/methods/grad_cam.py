@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fast import forwarder
 from ..inputs import check_image, check_int, check_model, check_positive_int, check_target
 from ..layers import resolve_layer
 from ..outputs import OutputToLogits, check_output, logits_of
@@ -207,9 +208,15 @@ def cam(
         image = check_image(replica, x)
         activations, gradients, explained = layer_pass(replica, image, name, target, contrast, output, chosen)
 
+        forward = None
+
         def score(batch: Tensor) -> Tensor:
-            with probe(replica):
-                return explained(logits_of(replica(batch), output))
+            nonlocal forward
+            with probe(replica), torch.no_grad():
+                # Made on the first call: only Score-CAM scores perturbed pictures, hundreds of them.
+                if forward is None:
+                    forward = forwarder(replica, image, "score-cam", batch_size)
+                return explained(logits_of(forward(batch), output))
 
         weighted = chosen.map(LayerPass(activations, gradients, image, score, batch_size, checkpoint))
     activation_map = torch.relu(weighted)

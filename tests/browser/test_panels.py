@@ -238,4 +238,25 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
     assert_shows_soon(panel.locator(".cnnviz-grad-cam-left"), expected, "the Grad-CAM of the chosen point's image")
     notebook.screenshot("panel-grad-cam-digits", panel)
     assert f"image <b>{hovered}</b>" in panel.inner_html()
+
+    # Compare: every method's map, each with its curves and both scores; then one map's sanity check.
+    panel = show_tab(dashboard, "Compare")
+    assert notebook.kernel_eval("compare = digits.panels['Compare']; compare.wait(600)") == "True"
+    wait_until_drawn(panel)
+    methods = int(notebook.kernel_eval("len(cw.methods.EXPLANATIONS)"))
+    cards = panel.locator(".cnnviz-compare-card")
+    assert cards.count() == methods
+    notebook.screenshot("panel-compare-digits", panel)
+    assert_pictures_not_blank(notebook, panel, "digits-compare", ".cnnviz-compare-card img")
+    assert panel.locator(".cnnviz-compare-card img").filter(visible=True).count() == 2 * methods, "a map and its curves per method"
+    texts = cards.all_inner_texts()
+    assert all("deletion AUC" in text and "insertion AUC" in text for text in texts), texts
+    cards.first.get_by_role("button", name="sanity check").click()
+    strip = panel.locator(".cnnviz-sanity-strip")
+    strip.wait_for(state="visible", timeout=300_000)
+    wait_until_drawn(panel)
+    assert "sanity check of Grad-CAM" in panel.inner_text()
+    assert "it depends on what the model learned" in panel.inner_text()
+    assert_pictures_not_blank(notebook, panel, "digits-sanity", ".cnnviz-sanity-strip")
+    notebook.screenshot("panel-compare-sanity-digits", panel)
     assert_nothing_wrong(notebook)
