@@ -7,7 +7,9 @@ markdown tables:
 - each CAM method, ours (the map resized to the input, as pytorch-grad-cam returns it) against the
   pytorch-grad-cam class that computes the same map, best of several runs, and the two maps' correlation;
 - deletion and insertion curves of 50 steps for the Grad-CAM map, batch sizes side by side;
-- the full cascading randomisation of Grad-CAM and of guided backprop.
+- the full cascading randomisation of Grad-CAM and of guided backprop;
+- the Compare panel on the photos, from its first request: the time until its first map, until every map,
+  and until every map's deletion and insertion scores are shown, at its default layer.
 """
 
 from __future__ import annotations
@@ -116,6 +118,27 @@ def main():
         top = ", ".join(f"{value:.3f}" for value in result.rank_correlations[:3].tolist())
         print(f"| {method} | {len(result.layers)} | {elapsed:.1f} | {top} | {float(result.rank_correlations[-1]):.3f} "
               f"| {float(result.ssim[2]):.3f} |", flush=True)
+
+    first, every, scores, layer = compare_times(model, preprocess, class_names)
+    print(f"\nCompare panel, a new photo, CAM layer {layer}: first map {first:.2f} s, every map {every:.1f} s, "
+          f"every score {scores:.1f} s", flush=True)
+
+
+def compare_times(model, preprocess, class_names) -> tuple[float, float, float, str]:
+    """Seconds from a Compare panel's request to its first map, to its last map and to its last scores."""
+    pictures = list(cw.demo.photos().values())
+    panel = cw.ComparePanel(model, pictures, preprocess=preprocess, class_names=class_names)
+    assert panel.wait(600)
+    maps, scored = [], []
+    for name, (_, picture, _, text) in panel.cards.items():
+        picture.observe(lambda change: maps.append(time.perf_counter()), "value")
+        text.observe(lambda change: scored.append(time.perf_counter()) if "AUC" in change["new"] or "zero" in change["new"] else None, "value")
+    start = time.perf_counter()
+    panel.image = 1
+    assert panel.wait(600)
+    layer = panel.layer
+    panel.close()
+    return min(maps) - start, max(maps) - start, max(scored) - start, layer
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Mistakes: the confusion matrix and a gallery of the misclassified images."""
+"""Mistakes: the confusion matrix, a gallery of the misclassified images, each class's accuracy and the most
+frequent confusions."""
 
 from __future__ import annotations
 
@@ -20,10 +21,39 @@ GALLERY_COLUMN = GALLERY_SIDE + 28
 GALLERY_MIN_COLUMNS = 4
 GALLERY_MAX_COLUMNS = 8
 ALL = -1
+# Under the matrix and the gallery, which leave no room beside them at 900 px: the accuracy of each class and the
+# most frequent confusions, each in a column this wide; the list of classes scrolls past ACCURACY_HEIGHT (100
+# classes would take 2,000 px).
+SUMMARY_WIDTH = 300
+ACCURACY_HEIGHT = 220
+CONFUSED_PAIRS = 10
+
+
+def accuracy_html(evaluation, names: list[str]) -> str:
+    """One row per true class: its name, the share of its images classified right and their counts; worst first,
+    classes without images last."""
+    accuracy = evaluation.per_class_accuracy
+    hits, totals = np.diag(evaluation.confusion), evaluation.confusion.sum(axis=1)
+    rows = []
+    # NaN (no images) sorts last; the stable sort keeps class order among equal accuracies.
+    for k in np.argsort(accuracy, kind="stable"):
+        value = f"{drawing.percent(accuracy[k])} ({hits[k]}/{totals[k]})" if totals[k] else "no images"
+        rows.append(
+            "<div style='display:flex;justify-content:space-between;gap:8px;font-size:12px;line-height:1.5'>"
+            f"<span style='overflow-wrap:anywhere'>{drawing.escape(names[k])}</span>"
+            f"<span style='white-space:nowrap'>{value}</span></div>"
+        )
+    return "".join(rows)
+
+
+def confusion_label(names: list[str], true: int, predicted: int, images: int) -> str:
+    """A most-confused pair as a button says it (plain text: buttons do not read HTML)."""
+    return f"true {names[true]} → predicted {names[predicted]}: {images} image{'' if images == 1 else 's'}"
 
 
 class MistakesPanel(Panel):
-    """Which images the model gets wrong: a click on a matrix cell filters the gallery, a click on an image selects it."""
+    """Which images the model gets wrong: a click on a matrix cell, or on one of the most-confused pairs under it,
+    filters the gallery; a click on an image selects it."""
 
     title = "Mistakes"
     caption = "the images the model gets wrong, most confident mistakes first; click a cell of the matrix to see only those"
@@ -54,8 +84,31 @@ class MistakesPanel(Panel):
             self.cards, layout=widgets.Layout(grid_template_columns=f"repeat(auto-fill, {GALLERY_COLUMN}px)")
         )
         self.gallery.add_class("cnnviz-mistakes-gallery")
+        self.class_accuracy = widgets.HTML(
+            layout=widgets.Layout(max_height=f"{ACCURACY_HEIGHT}px", overflow="auto", margin="0", padding="0 6px 0 0")
+        )
+        self.confused_heading = widgets.HTML()
+        self.pair_buttons = [
+            widgets.Button(layout=widgets.Layout(width="100%", height="24px", margin="1px 0", display="none"))
+            for _ in range(CONFUSED_PAIRS)
+        ]
+        accuracy = widgets.VBox(
+            [widgets.HTML("<span style='font-size:12px'><b>accuracy per class</b>, worst first</span>"), self.class_accuracy],
+            layout=widgets.Layout(width=f"{SUMMARY_WIDTH}px", max_width="100%"),
+        )
+        accuracy.add_class("cnnviz-class-accuracy")
+        confused = widgets.VBox(
+            [self.confused_heading, *self.pair_buttons], layout=widgets.Layout(width=f"{SUMMARY_WIDTH}px", max_width="100%")
+        )
+        confused.add_class("cnnviz-most-confused")
+        # Hidden until the first evaluation: without labels there is nothing to sum up.
+        self.summaries = widgets.HBox(
+            [accuracy, confused],
+            layout=widgets.Layout(flex_flow="row wrap", grid_gap="16px", align_items="flex-start", display="none"),
+        )
         self.evaluation = None
         self.matrix: ConfusionMatrix | None = None
+        self._pairs: list[tuple[int, int, int]] = []
         self._shown: np.ndarray = np.zeros(0, dtype=np.int64)
         self._page = 0
         filters = widgets.HBox([self.true_class, self.predicted_class], layout=widgets.Layout(flex_flow="row wrap"))
@@ -69,12 +122,15 @@ class MistakesPanel(Panel):
         return [
             widgets.Box(
                 [self.matrix_box, gallery], layout=widgets.Layout(flex_flow="row wrap", grid_gap="16px", align_items="flex-start")
-            )
+            ),
+            self.summaries,
         ]
 
     def _start(self) -> None:
         self.previous.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(1))
+        for position, button in enumerate(self.pair_buttons):
+            button.on_click(lambda _, position=position: self._pair_clicked(position))
         self.observe(lambda _: self._highlight(), "image")
         for control in (self.true_class, self.predicted_class, self.order):
             control.observe(lambda _: self._filter(), "value")
@@ -102,6 +158,25 @@ class MistakesPanel(Panel):
         self.matrix = ConfusionMatrix(evaluation.confusion, names)
         self.matrix_box.children = [self.matrix]
         self.matrix.observe(self._cell_chosen, "selection")
+        self.class_accuracy.value = accuracy_html(evaluation, names)
+        self._pairs = evaluation.most_confused(CONFUSED_PAIRS)
+        self.confused_heading.value = (
+            "<span style='font-size:12px'><b>most confused</b>, click one to see its images</span>"
+            if self._pairs
+            else "<span style='font-size:12px'><b>most confused</b>: none, every image is classified right</span>"
+        )
+        for button, pair in zip(self.pair_buttons, [*self._pairs, *[None] * CONFUSED_PAIRS]):
+            if pair is None:
+                button.layout.display = "none"
+                continue
+            button.description = button.tooltip = confusion_label(names, *pair)
+            button.layout.display = None
+        self.summaries.layout.display = "flex"
+
+    def _pair_clicked(self, position: int) -> None:
+        true, predicted, _ = self._pairs[position]
+        # Through the matrix's selection, as a click on its cell: the cell is outlined, the gallery filtered.
+        self.matrix.selection = (true, predicted)
 
     def _cell_chosen(self, change) -> None:
         cell = change["new"]

@@ -90,6 +90,7 @@ class ProjectorPanel(Panel):
         self.scatter_box = widgets.Box(layout=widgets.Layout(width="100%", min_height="200px"))
         self.scatter: Scatter3D | None = None
         self.summary = widgets.HTML()
+        self.summary.add_class("cnnviz-projector-summary")
         self.neighbour_title = widgets.HTML()
         self.neighbour_slots = [ClickablePicture(width=NEIGHBOUR_SIDE) for _ in range(NEIGHBOURS)]
         self.neighbour_captions = [

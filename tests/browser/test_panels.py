@@ -8,12 +8,15 @@ change must show the picture of what was chosen, and the last of several quick c
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from harness import (
     assert_nothing_wrong,
+    canvas_pixels,
     dismiss_notifications,
     hover_a_point,
     pixel_spread,
@@ -225,6 +228,36 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
     notebook.screenshot("panel-projector-digits", panel)
     assert_kernel_soon(notebook, "digits.panels['Projector'].scatter.selected", f"[{hovered}]")
     assert notebook.kernel_eval("digits.image") == str(hovered)
+    # Its 12 nearest images in the embedding space (cosine), nearest first, as thumbnails.
+    nearest = (
+        "import numpy as np\n"
+        "projector = digits.panels['Projector']\n"
+        "embeddings = projector.session.embeddings(None).astype(np.float64)\n"
+        "unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)\n"
+        f"order = [int(i) for i in np.argsort(-(unit @ unit[{hovered}]), kind='stable') if i != {hovered}][:12]\n"
+        "order == projector.neighbours"
+    )
+    assert_kernel_soon(notebook, nearest, "True", timeout_s=30)
+    wait_until_drawn(panel)
+    assert panel.locator(".cnnviz-neighbours img").filter(visible=True).count() == 12
+    assert_pictures_not_blank(notebook, panel, "digits-neighbours", ".cnnviz-neighbours img")
+    notebook.screenshot("panel-projector-neighbours", panel)
+
+    # t-SNE forms on screen: the points move between the frames the scatter shows before the fit ends.
+    panel.get_by_role("button", name="t-SNE").click()
+    summary = panel.locator(".cnnviz-projector-summary")
+    frames = {}
+    deadline = time.monotonic() + 600
+    while "forming" in (text := summary.inner_text()) or "t-SNE" not in text:
+        assert time.monotonic() < deadline, f"t-SNE did not end: {text}"
+        forming = re.search(r"forming: iteration (\d+)", text)
+        if forming and forming.group(1) not in frames:
+            frames[forming.group(1)] = canvas_pixels(canvas).astype(np.int16)
+    assert len(frames) >= 2, f"frames seen while t-SNE formed: {list(frames)}"
+    pictures = list(frames.values())
+    moves = [float(np.abs(after - before).mean()) for before, after in zip(pictures, pictures[1:])]
+    assert max(moves) > 0.5, f"the scatter did not change between frames: {moves}"
+    notebook.screenshot("panel-projector-tsne", panel)
 
     panel = show_tab(dashboard, "Grad-CAM")
     wait_until_drawn(panel)

@@ -1,12 +1,16 @@
-"""MistakesPanel: the gallery holds exactly the evaluation's mistakes; matrix cells filter it; clicks select."""
+"""MistakesPanel: the gallery holds exactly the evaluation's mistakes; matrix cells and the most-confused pairs
+filter it; clicks select; each class's accuracy is listed worst first."""
+
+import re
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix
 
 import cnnviz_widgets as cw
 from cnnviz_widgets.widgets.base import TaskBar
 from tests.model_state import ModelState
-from panel_support import pixels, settled
+from panel_support import digits, pixels, settled  # noqa: F401 - digits is a fixture
 
 IMAGES = 120
 
@@ -49,6 +53,95 @@ def test_gallery_shows_the_mistakes_most_confident_first_and_a_cell_filters_it()
     assert panel.image == int(panel._shown[0])
     assert panel.slots[0].highlighted
     state.assert_unchanged()
+
+
+def accuracy_rows(panel) -> list[tuple[str, str]]:
+    """(class name, what its row says) for each row of the per-class accuracy, top to bottom."""
+    return re.findall(r"<span[^>]*>(.*?)</span><span[^>]*>(.*?)</span>", panel.class_accuracy.value)
+
+
+def expected_accuracy_rows(truth: np.ndarray, predictions: np.ndarray, names) -> list[tuple[str, str]]:
+    """By hand: each class's hits over its images, lowest share first, class order among equals."""
+    rows = []
+    for k in range(len(names)):
+        total = int((truth == k).sum())
+        hits = int(((truth == k) & (predictions == k)).sum())
+        rows.append((hits / total, k, f"{hits / total:.1%} ({hits}/{total})"))
+    return [(names[k], text) for _, k, text in sorted(rows)]
+
+
+def shown_pairs(panel) -> list[str]:
+    return [button.description for button in panel.pair_buttons if button.layout.display != "none"]
+
+
+def expected_pairs(truth: np.ndarray, predictions: np.ndarray, names) -> list[tuple[int, int, int]]:
+    """The ten largest off-diagonal cells of scikit-learn's matrix, row-major among equals."""
+    confusion = confusion_matrix(truth, predictions, labels=range(len(names)))
+    cells = [(-int(confusion[t, p]), t, p) for t in range(len(names)) for p in range(len(names)) if t != p and confusion[t, p]]
+    return [(t, p, -negative) for negative, t, p in sorted(cells)[:10]]
+
+
+def test_each_class_accuracy_worst_first_and_a_most_confused_pair_filters_the_gallery_as_its_cell():
+    model, pictures, labels, names = confused_digits()
+    panel = settled(cw.MistakesPanel(model, pictures, cw.demo.digits_preprocess, names, labels=labels))
+    inputs = torch.cat([cw.demo.digits_preprocess(p) for p in pictures])
+    truth = labels.numpy()
+    with torch.no_grad():
+        predictions = model.eval()(inputs).argmax(1).numpy()
+
+    rows = expected_accuracy_rows(truth, predictions, names)
+    assert accuracy_rows(panel) == rows
+    assert rows[0][1] != rows[-1][1], "every class equally right: the order would prove nothing"
+    pairs = expected_pairs(truth, predictions, names)
+    assert len(pairs) >= 2
+    assert shown_pairs(panel) == [
+        f"true {names[t]} → predicted {names[p]}: {n} image{'s' if n > 1 else ''}" for t, p, n in pairs
+    ]
+
+    draw = panel._draw
+    for button, (true, predicted, count) in zip(panel.pair_buttons, pairs):
+        drawn = []
+        panel._draw = lambda: (drawn.append(1), draw())
+        button.click()
+        assert len(drawn) == 1, "one click, one redraw of the gallery"
+        assert panel.cell == (true, predicted) and panel.matrix.selection == (true, predicted)
+        assert (panel.true_class.value, panel.predicted_class.value) == (true, predicted)
+        cell = np.flatnonzero((truth == true) & (predictions == predicted))
+        assert len(cell) == count
+        np.testing.assert_array_equal(np.sort(panel.shown), cell)
+        assert sum(card.layout.display != "none" for card in panel.cards) == min(count, len(panel.cards))
+        assert f"true <b>{names[true]}</b><br>said <b style='color:#c62828'>{names[predicted]}</b>" in panel.captions[0].value
+
+    # New weights, a new evaluation: both views follow it. A bias this large makes every image a 3.
+    with torch.no_grad():
+        model.classifier.bias[3] += 1000.0
+    settled(panel).refresh()
+    settled(panel)
+    with torch.no_grad():
+        predictions = model(inputs).argmax(1).numpy()
+    assert (predictions == 3).all()
+    assert accuracy_rows(panel) == expected_accuracy_rows(truth, predictions, names)
+    assert accuracy_rows(panel)[-1] == (names[3], f"100.0% ({(truth == 3).sum()}/{(truth == 3).sum()})")
+    pairs = expected_pairs(truth, predictions, names)
+    assert shown_pairs(panel) == [f"true {names[t]} → predicted {names[p]}: {n} images" for t, p, n in pairs]
+    panel.pair_buttons[0].click()
+    assert panel.cell == pairs[0][:2]
+    np.testing.assert_array_equal(np.sort(panel.shown), np.flatnonzero((truth == pairs[0][0]) & (predictions == 3)))
+
+
+def test_class_names_are_escaped_and_a_class_without_images_comes_last(digits):
+    model, pictures, labels, _ = digits
+    keep = np.flatnonzero(labels.numpy() != 9)
+    labels = labels[keep].clone()
+    labels[0] = (labels[0] + 1) % 9  # a mistake, for a pair to list
+    names = [f"<i>{k}</i> & co" for k in range(10)]
+    panel = settled(cw.MistakesPanel(model, [pictures[i] for i in keep], cw.demo.digits_preprocess, names, labels=labels))
+    assert "<i>" not in panel.class_accuracy.value
+    rows = accuracy_rows(panel)
+    assert len(rows) == 10
+    assert rows[-1] == ("&lt;i&gt;9&lt;/i&gt; &amp; co", "no images")
+    # A button shows its text as text: the name as it is, no entities.
+    assert shown_pairs(panel)[0].startswith(f"true <i>{int(labels[0])}</i> & co → predicted <i>")
 
 
 def test_without_labels_the_panel_says_what_it_needs():
