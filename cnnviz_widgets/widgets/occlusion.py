@@ -162,7 +162,7 @@ class OcclusionPanel(Panel):
             occluded_input = render.occluded(x, self.session.baseline(image, kind), box)
             view_box = drawing.patch_box(*patch, round(window * view.shape[0] / x.shape[-2]), *view.shape[:2])
             picture = render.outlined(render.occluded(view, render.baseline_view(view, kind), view_box), view_box)
-        probabilities = self.session.predict(occluded_input)
+        probabilities = self.session.predict_occluded(occluded_input)
         intact = self.session.probabilities(image)
         names = self.session.class_names
         top = np.argsort(-probabilities, kind="stable")[:LIVE_TOP_K]
