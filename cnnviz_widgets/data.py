@@ -295,13 +295,21 @@ def evaluate_and_embed(
     progress: bool = True,
     output=None,
     checkpoint=None,
+    partial_every: float | None = None,
 ) -> tuple[Evaluation, np.ndarray]:
     """:func:`evaluate` and :func:`embed` at the default layer in one pass over the images: for a test set
-    that takes minutes to read, the second pass would double the wait. Same arguments as :func:`evaluate`."""
-    return _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=True)
+    that takes minutes to read, the second pass would double the wait. Same arguments as :func:`evaluate`.
+
+    partial_every: seconds; every so often ``checkpoint(fraction_done, evaluation)`` also receives the
+        :class:`Evaluation` of the images read so far (the first ones), so that a view can fill in."""
+    if partial_every is not None and checkpoint is None:
+        raise ValueError("partial_every: the evaluations so far go to checkpoint=, which is not given")
+    return _classify(
+        model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=True, partial_every=partial_every
+    )
 
 
-def _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool):
+def _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool, partial_every=None):
     model = check_model(model)
     output = check_output(output)
     source = _Images(images, check_positive_int(batch_size, "batch_size"), preprocess)
@@ -311,6 +319,7 @@ def _classify(model, images, labels, batch_size, preprocess, progress, output, c
         device = model_device(replica)
         watch = {}
         chooser = None
+        last_partial = time.perf_counter()
         for batch, batch_labels in _batches(source, "evaluate", progress, checkpoint):
             batch = batch.to(device)
             if embedding and not watch:
@@ -333,11 +342,22 @@ def _classify(model, images, labels, batch_size, preprocess, progress, output, c
                 if batch_labels is None:
                     raise ValueError("labels: not given, and the images carry none; pass labels=")
                 seen_labels.append(batch_labels.reshape(-1).cpu())
+            if partial_every is not None and time.perf_counter() - last_partial >= partial_every:
+                so_far = _evaluation(logits, given if given is not None else torch.cat(seen_labels), so_far=True)
+                checkpoint(len(so_far.labels) / source.count if source.count else 0.0, so_far)
+                last_partial = time.perf_counter()
+    # A DataLoader over an iterable dataset has no length up front: the label count is checked here.
+    evaluation = _evaluation(logits, given if given is not None else torch.cat(seen_labels))
+    return evaluation, (torch.cat(features).numpy() if embedding else None)
+
+
+def _evaluation(logits: list[Tensor], labels, so_far: bool = False) -> Evaluation:
+    """The evaluation of the images whose logits (a list of batches) are given, with as many ``labels``;
+    ``so_far``: a pass under way, whose labels may run ahead of its logits."""
     logits = torch.cat(logits)
     if logits.ndim != 2:
         raise ValueError(f"model: expected logits of shape (N, K), got {tuple(logits.shape)}")
-    # A DataLoader over an iterable dataset has no length up front: the label count is checked here.
-    true = _labels_array(given if given is not None else torch.cat(seen_labels), len(logits))
+    true = _labels_array(labels[: len(logits)] if so_far else labels, len(logits))
     num_classes = logits.shape[1]
     if true.size and (true.min() < 0 or true.max() >= num_classes):
         raise ValueError(
@@ -346,13 +366,12 @@ def _classify(model, images, labels, batch_size, preprocess, progress, output, c
     predictions = logits.argmax(dim=1).numpy().astype(np.int64)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (true, predictions), 1)
-    evaluation = Evaluation(
+    return Evaluation(
         labels=true,
         predictions=predictions,
         probabilities=torch.softmax(logits, dim=1).numpy().astype(np.float32),
         confusion=confusion,
     )
-    return evaluation, (torch.cat(features).numpy() if embedding else None)
 
 
 def _pooled(activations, pool: str, layer_name: str) -> Tensor:

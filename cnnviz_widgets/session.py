@@ -539,11 +539,14 @@ class Session:
         """The ``(mean, std)`` the preprocessing applies, read off it (None when it is of another form)."""
         return self._caches["once"].get("normalization", lambda: normalization_of(self.preprocess))
 
-    def evaluation(self, checkpoint=None):
-        """Predictions, probabilities and confusion over every image (needs labels)."""
+    def evaluation(self, checkpoint=None, partial_every: float | None = None):
+        """Predictions, probabilities and confusion over every image (needs labels).
+
+        partial_every: seconds; if this call runs the pass, ``checkpoint(fraction_done, evaluation)`` also
+        receives the evaluation of the images read so far every so often (see ``data.evaluate_and_embed``)."""
         if self.labels is None:
             raise ValueError("labels: the mistakes view needs the true class of each image; pass labels=")
-        return self._dataset_pass(checkpoint)[0]
+        return self._dataset_pass(checkpoint, partial_every)[0]
 
     def embeddings(self, layer: str | None, checkpoint=None) -> np.ndarray:
         """Embeddings of every image at ``layer`` (None: the classifier's input, from the one pass), cached."""
@@ -567,7 +570,7 @@ class Session:
         """What a pass reads: the inputs given, or the pictures, which the pass preprocesses batch by batch."""
         return torch.cat(self._given_inputs) if self._given_inputs is not None else self.pictures
 
-    def _dataset_pass(self, checkpoint=None):
+    def _dataset_pass(self, checkpoint=None, partial_every: float | None = None):
         """Evaluation and classifier-input embeddings of every image from a single pass, kept on disk."""
 
         def compute():
@@ -580,7 +583,7 @@ class Session:
             with self.replicas.borrow(WORK) as replica:
                 evaluation, embeddings = evaluate_and_embed(
                     replica, self._images(), labels, preprocess=self.preprocess, progress=False, output=self.output,
-                    checkpoint=checkpoint,
+                    checkpoint=checkpoint, partial_every=partial_every,
                 )
             if entry is not None:
                 arrays = {name: getattr(evaluation, name) for name in ("labels", "predictions", "probabilities", "confusion")}

@@ -356,3 +356,29 @@ def test_the_most_confused_pairs_are_the_largest_off_diagonal_cells():
     # By hand: 2 -> 0 three times, 0 -> 1 twice, then 1 -> 0 and 2 -> 1 once each (row-major order for ties).
     assert evaluation.most_confused(3) == [(2, 0, 3), (0, 1, 2), (1, 0, 1)]
     assert evaluation.most_confused(10) == [(2, 0, 3), (0, 1, 2), (1, 0, 1), (2, 1, 1)]
+
+
+def test_a_pass_hands_out_the_evaluation_of_the_images_read_so_far(model, digits):
+    x, y, _ = digits
+    x, y = x[:100], y[:100]
+    fractions, partials = [], []
+
+    def checkpoint(fraction, so_far=None):
+        fractions.append(fraction)
+        if so_far is not None:
+            partials.append(so_far)
+
+    evaluation, _ = data.evaluate_and_embed(model, x, y, batch_size=32, progress=False, checkpoint=checkpoint, partial_every=0)
+    # After each batch: 32, 64, 96 and the last 4 images.
+    assert [len(so_far.labels) for so_far in partials] == [32, 64, 96, 100]
+    with torch.no_grad():
+        predictions = model(x).argmax(dim=1).numpy()
+    for so_far in partials:
+        read = len(so_far.labels)
+        np.testing.assert_array_equal(so_far.labels, y[:read].numpy())
+        np.testing.assert_array_equal(so_far.predictions, predictions[:read])
+        np.testing.assert_array_equal(so_far.confusion, confusion_matrix(y[:read], predictions[:read], labels=range(10)))
+    np.testing.assert_array_equal(partials[-1].confusion, evaluation.confusion)
+    assert fractions == [0.0, 0.32, 0.32, 0.64, 0.64, 0.96, 0.96, 1.0]
+    with pytest.raises(ValueError, match="partial_every: the evaluations so far go to checkpoint="):
+        data.evaluate_and_embed(model, x, y, progress=False, partial_every=1.0)

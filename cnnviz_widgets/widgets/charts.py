@@ -93,6 +93,23 @@ class MatrixLayout:
         return margin["left"] + self.grid + margin["right"], margin["top"] + self.grid + margin["bottom"]
 
 
+def _checked_confusion(confusion) -> np.ndarray:
+    matrix = _as_numpy(confusion)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+        raise ValueError(f"confusion: expected a square (K, K) matrix of counts, got shape {matrix.shape}")
+    if not np.issubdtype(matrix.dtype, np.integer):
+        raise TypeError(f"confusion: expected integer counts, got dtype {matrix.dtype}")
+    return matrix
+
+
+def _colour_range(matrix: np.ndarray) -> dict:
+    """The colour scale's mid (the most frequent mistake, so that mistakes get the warm half of the colours)
+    and max."""
+    off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
+    most_mistakes = max(int(off_diagonal.max()) if off_diagonal.size else 0, 1)
+    return {"mid": most_mistakes, "max": max(int(matrix.max()), most_mistakes + 1)}
+
+
 class ConfusionMatrix(ipywidgets.VBox):
     """Counts of (true class, predicted class) as a heatmap; rows are true classes, columns predictions.
 
@@ -103,17 +120,9 @@ class ConfusionMatrix(ipywidgets.VBox):
     selection = traitlets.Tuple(traitlets.Int(), traitlets.Int(), default_value=None, allow_none=True)
 
     def __init__(self, confusion, class_names=None, title: str = "Confusion matrix"):
-        matrix = _as_numpy(confusion)
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
-            raise ValueError(f"confusion: expected a square (K, K) matrix of counts, got shape {matrix.shape}")
-        if not np.issubdtype(matrix.dtype, np.integer):
-            raise TypeError(f"confusion: expected integer counts, got dtype {matrix.dtype}")
+        matrix = _checked_confusion(confusion)
         names = _names(class_names, len(matrix))
-        off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
-        most_mistakes = max(int(off_diagonal.max()) if off_diagonal.size else 0, 1)
-        color_scale = bqplot.ColorScale(
-            min=0, mid=most_mistakes, max=max(int(matrix.max()), most_mistakes + 1), colors=MISTAKE_COLORS
-        )
+        color_scale = bqplot.ColorScale(min=0, colors=MISTAKE_COLORS, **_colour_range(matrix))
         row_scale, column_scale = bqplot.OrdinalScale(reverse=True), bqplot.OrdinalScale()
         sizes = MatrixLayout.of(names)
         # Cells too small for their count lose it and their grey border too, which would hide their colour.
@@ -162,6 +171,18 @@ class ConfusionMatrix(ipywidgets.VBox):
         # bqplot's own click selection comes back to Python as an object array it cannot send again, so
         # clicks arrive as element_click messages and the highlight is set from here, as an int array.
         self.heatmap.on_element_click(self._cell_clicked)
+
+    def update(self, confusion) -> None:
+        """Show new counts for the same classes (a pass filling the matrix in), keeping the selected cell."""
+        matrix = _checked_confusion(confusion)
+        if matrix.shape != self.confusion.shape:
+            raise ValueError(f"confusion: expected the shape {self.confusion.shape} of the matrix shown, got {matrix.shape}")
+        self.confusion = matrix
+        scale = self.heatmap.scales["color"]
+        with scale.hold_sync():
+            for name, value in _colour_range(matrix).items():
+                setattr(scale, name, value)
+        self.heatmap.color = matrix
 
     def _cell_clicked(self, mark, content):
         cell = content.get("data") or {}

@@ -27,6 +27,8 @@ ALL = -1
 SUMMARY_WIDTH = 300
 ACCURACY_HEIGHT = 220
 CONFUSED_PAIRS = 10
+# While the pass reads a large test set, the matrix and the gallery show the images read so far this often.
+PARTIAL_SECONDS = 2.0
 
 
 def accuracy_html(evaluation, names: list[str]) -> str:
@@ -144,20 +146,30 @@ class MistakesPanel(Panel):
         self.request_long("classifying", self._evaluate, self._show_evaluation, count=self.session.count)
 
     def _evaluate(self, task):
-        return self.session.evaluation(task.checkpoint)
+        def filling(fraction, so_far=None) -> None:
+            task.checkpoint(fraction)
+            if so_far is not None:
+                self._apply(self._show_evaluation, so_far)
+
+        return self.session.evaluation(filling, partial_every=PARTIAL_SECONDS)
 
     def _show_evaluation(self, evaluation) -> None:
+        """Show an evaluation: the first one, a pass's evaluation so far, or a new one after the weights
+        changed. The matrix is updated in place and the filters the user chose stay."""
         self.evaluation = evaluation
         names = self.session.class_names
-        choices = [("all", ALL)] + [(name, k) for k, name in enumerate(names)]
         # One _filter at the end, not one per control: the controls' own observers wait.
         with self.settling(then=self._filter):
-            self.true_class.options = choices
-            self.predicted_class.options = choices
-            self.true_class.value = self.predicted_class.value = ALL
-        self.matrix = ConfusionMatrix(evaluation.confusion, names)
-        self.matrix_box.children = [self.matrix]
-        self.matrix.observe(self._cell_chosen, "selection")
+            if self.matrix is None:
+                choices = [("all", ALL)] + [(name, k) for k, name in enumerate(names)]
+                self.true_class.options = choices
+                self.predicted_class.options = choices
+                self.true_class.value = self.predicted_class.value = ALL
+                self.matrix = ConfusionMatrix(evaluation.confusion, names)
+                self.matrix_box.children = [self.matrix]
+                self.matrix.observe(self._cell_chosen, "selection")
+            else:
+                self.matrix.update(evaluation.confusion)
         self.class_accuracy.value = accuracy_html(evaluation, names)
         self._pairs = evaluation.most_confused(CONFUSED_PAIRS)
         self.confused_heading.value = (
@@ -224,9 +236,11 @@ class MistakesPanel(Panel):
         total = len(self._shown)
         wrong = int((~evaluation.correct).sum())
         shown = f"{start + 1}–{start + len(page)} of {total}" if total else "none"
+        read = len(evaluation.labels)
+        so_far = f" · so far: {read:,} of {self.session.count:,} images read" if read < self.session.count else ""
         self.summary.value = (
             f"<span style='font-size:12px'>mistakes shown: {shown} · accuracy {evaluation.accuracy:.1%} "
-            f"({wrong} wrong of {len(evaluation.labels)}) · click an image to select it</span>"
+            f"({wrong} wrong of {read:,}){so_far} · click an image to select it</span>"
         )
 
     @property

@@ -159,3 +159,31 @@ def test_the_progress_reads_as_images_per_second_and_time_left():
     bar.advance(0.25)
     # 30 images in 2 s: 15 images/s, and the 90 left take 6 s.
     assert "classifying 30 of 120 · 15 images/s · 6 s left" in bar.status.value
+
+
+def test_the_matrix_and_the_gallery_fill_in_while_the_pass_reads_the_images(digits, monkeypatch):
+    from cnnviz_widgets.widgets import mistakes
+
+    monkeypatch.setattr(mistakes, "PARTIAL_SECONDS", 0.0)
+    model = digits[0]
+    x, labels, names = cw.demo.digits("test")
+    x, labels = x[:450], labels[:450].numpy()
+    panel = cw.MistakesPanel(model, cw.demo.digit_pictures(x), cw.demo.digits_preprocess, names, labels=labels, cache=False)
+    summaries, matrices, confusions = [], [], []
+
+    def seen(change):
+        summaries.append(change["new"])
+        matrices.append(panel.matrix)
+        confusions.append(panel.matrix.confusion.copy())
+
+    panel.summary.observe(seen, "value")
+    settled(panel)
+    read = [int(re.search(r"so far: ([\d,]+) of 450", text).group(1).replace(",", "")) for text in summaries if "so far" in text]
+    assert read == sorted(read) and len(set(read)) >= 3 and read[-1] < 450, read
+    assert "so far" not in summaries[-1]
+    assert all(matrix is matrices[0] for matrix in matrices), "the matrix is updated in place"
+    with torch.no_grad():
+        predictions = model(x).argmax(dim=1).numpy()
+    for count, confusion in zip(read, [c for text, c in zip(summaries, confusions) if "so far" in text]):
+        np.testing.assert_array_equal(confusion, confusion_matrix(labels[:count], predictions[:count], labels=range(10)))
+    np.testing.assert_array_equal(panel.matrix.confusion, confusion_matrix(labels, predictions, labels=range(10)))
