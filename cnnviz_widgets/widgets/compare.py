@@ -161,6 +161,7 @@ class ComparePanel(Panel):
         self.scores[method] = scores
         _, _, curves, text = self.cards[method]
         curves.value = render.to_png(render.curves_picture({"deletion": scores.deletion, "insertion": scores.insertion}))
+        curves.layout.display = None
         text.value = (
             f"<span style='font-size:11px'>deletion AUC <b>{scores.deletion_auc:.3f}</b> · "
             f"insertion AUC <b>{scores.insertion_auc:.3f}</b></span>"
@@ -172,7 +173,7 @@ class ComparePanel(Panel):
         if not self._current(key):
             return
         _, _, curves, text = self.cards[method]
-        curves.value = b""
+        curves.layout.display = "none"
         text.value = (
             f"<span style='font-size:11px;color:#c62828'>zero everywhere at {drawing.escape(key[1])}: the weighted "
             "sum of the layer's maps is negative at every place, so there is nothing to score. A layer after an "

@@ -69,7 +69,7 @@ def test_a_map_zero_everywhere_says_so_instead_of_scores():
     assert not cw.cam(model, x, "0", panel.target, method="score-cam").any()
     _, picture, curves, text = panel.cards["score-cam"]
     assert "zero everywhere at 0" in text.value and "score-cam" not in panel.scores
-    assert curves.value == b""
+    assert curves.layout.display == "none", "no curves, and no empty picture in their place"
     _, _, curves, text = panel.cards["saliency"]
     assert "deletion AUC" in text.value and pixels(curves.value).std() > 1
     assert panel.error == ""
