@@ -287,12 +287,13 @@ def test_pca_equals_sklearn_up_to_sign(embeddings):
     np.testing.assert_allclose(ours, reference * signs, atol=1e-3 * np.abs(reference).max())
 
 
-def test_randomised_pca_for_large_inputs_matches_exact(embeddings, monkeypatch):
-    exact = cw.project(embeddings, "pca", dims=2)
-    monkeypatch.setattr(data, "EXACT_PCA_MAX_VALUES", 100)
-    randomised = cw.project(embeddings, "pca", dims=2)
-    signs = np.sign((exact * randomised).sum(axis=0))
-    np.testing.assert_allclose(randomised * signs, exact, atol=1e-2 * np.abs(exact).max())
+def test_pca_of_large_inputs_in_float32_equals_sklearn_up_to_sign(embeddings, monkeypatch):
+    monkeypatch.setattr(data, "PCA_FLOAT64_MAX_VALUES", 100)
+    wide = np.concatenate([embeddings, embeddings[:, ::-1] * 0.5], axis=1)
+    ours = cw.project(wide, "pca", dims=3)
+    reference = PCA(n_components=3).fit_transform(wide.astype(np.float64))
+    signs = np.sign((ours * reference).sum(axis=0))
+    np.testing.assert_allclose(ours, reference * signs, atol=1e-3 * np.abs(reference).max())
 
 
 @pytest.mark.parametrize("method", ["tsne", "umap"])
