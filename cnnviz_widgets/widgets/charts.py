@@ -163,6 +163,8 @@ class ConfusionMatrix(ipywidgets.VBox):
             padding_x=0,
             padding_y=0,
             fig_margin=sizes.margin,
+            # bqplot's hover toolbar (pan, zoom, save) would sit over the top-right cells; Save PNG is the panel's.
+            display_toolbar=False,
             layout=ipywidgets.Layout(width=f"{width}px", height=f"{height}px", flex="none"),
         )
         self.confusion = matrix

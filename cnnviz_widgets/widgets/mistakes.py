@@ -22,9 +22,10 @@ GALLERY_MIN_COLUMNS = 4
 GALLERY_MAX_COLUMNS = 8
 ALL = -1
 # Under the matrix and the gallery, which leave no room beside them at 900 px: the accuracy of each class and the
-# most frequent confusions, each in a column this wide; the list of classes scrolls past ACCURACY_HEIGHT (100
-# classes would take 2,000 px).
-SUMMARY_WIDTH = 300
+# most frequent confusions, in columns this wide (the pairs name two classes each: ImageNet's fit in 420 px);
+# the list of classes scrolls past ACCURACY_HEIGHT (100 classes would take 2,000 px).
+ACCURACY_WIDTH = 300
+CONFUSED_WIDTH = 420
 ACCURACY_HEIGHT = 220
 CONFUSED_PAIRS = 10
 # While the pass reads a large test set, the matrix and the gallery show the images read so far this often.
@@ -96,11 +97,11 @@ class MistakesPanel(Panel):
         ]
         accuracy = widgets.VBox(
             [widgets.HTML("<span style='font-size:12px'><b>accuracy per class</b>, worst first</span>"), self.class_accuracy],
-            layout=widgets.Layout(width=f"{SUMMARY_WIDTH}px", max_width="100%"),
+            layout=widgets.Layout(width=f"{ACCURACY_WIDTH}px", max_width="100%"),
         )
         accuracy.add_class("cnnviz-class-accuracy")
         confused = widgets.VBox(
-            [self.confused_heading, *self.pair_buttons], layout=widgets.Layout(width=f"{SUMMARY_WIDTH}px", max_width="100%")
+            [self.confused_heading, *self.pair_buttons], layout=widgets.Layout(width=f"{CONFUSED_WIDTH}px", max_width="100%")
         )
         confused.add_class("cnnviz-most-confused")
         # Hidden until the first evaluation: without labels there is nothing to sum up.
