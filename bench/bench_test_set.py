@@ -8,8 +8,8 @@ random crops of scikit-image's bundled photos. EfficientNet-Lite0 reads them. Pr
   (contiguous, channels_last) and batch sizes, measured in the same run — the hardware's own limit;
 - the pass: images per second of the dashboard's single pass (decoding, preprocessing, predictions and
   embeddings), and its ratio to the raw forward;
-- the first tab: seconds from ``explore(...)`` until the Mistakes tab has its first view to show (the pass
-  runs on after it, filling it in);
+- the first tab: seconds from ``explore(...)`` until the Mistakes tab shows its first matrix and gallery,
+  those of the images read so far (the pass runs on, filling them in);
 - memory: the process's resident memory growth over the pass;
 - reopen: seconds for a second dashboard on the same model and folder to show the evaluation, read from the
   disk cache.
@@ -87,8 +87,10 @@ def bench(count: int, model, preprocess, class_names) -> dict:
         start = time.perf_counter()
         dashboard = cw.explore(model, root / "pictures", preprocess=preprocess, cache=cache)
         mistakes = dashboard.panels["Mistakes"]
-        first_tab = time.perf_counter() - start
+        first_view = [time.perf_counter()] if mistakes.summary.value else []
+        mistakes.summary.observe(lambda change: first_view.append(time.perf_counter()), "value")
         assert mistakes.wait(24 * 3600)
+        first_tab = first_view[0] - start
         passed = time.perf_counter() - start
         grown = resident_bytes() - before
         dashboard.close()
