@@ -30,7 +30,6 @@ MIN_PICTURE_SPREAD = 8.0
 # A repaint, even an uncached one (a fresh forward and backward pass of EfficientNet-Lite0), is a matter of
 # tenths of a second; this bound only catches a repaint that never comes.
 REPAINT_TIMEOUT_MS = 10_000
-QUIET_S = 1.5
 
 PICTURE_DIGEST = """async (picture) => {
     const bytes = await (await fetch(picture.src)).arrayBuffer();
@@ -146,14 +145,12 @@ def test_photo_dashboard_every_panel_drawn_changes_repaint_in_order_and_a_long_o
     for index in (1, 2, 300):
         repaint_after_change(page, classes, left, index, REPAINT_TIMEOUT_MS)
         assert_grad_cam_of_the_chosen_class(notebook, panel, classes, index)
-    # Quick changes: the last one wins, and no older picture arrives after it.
+    # Quick changes: the last one wins. Once the panel is idle it sends nothing more, and widget messages
+    # arrive in order: the last change's picture on screen means no older one came after it.
     page.evaluate(CHANGE_QUICKLY, [classes.element_handle(), [3, 310, 4, 5]])
     assert_kernel_soon(notebook, "dashboard.grad_cam.class_chooser.index", "5")
     assert notebook.kernel_eval("dashboard.grad_cam.wait(60)") == "True"
     assert_grad_cam_of_the_chosen_class(notebook, panel, classes, 5)
-    shown = left.get_attribute("src")
-    time.sleep(QUIET_S)
-    assert left.get_attribute("src") == shown, "a picture arrived after the last change's"
 
     panel = show_tab(dashboard, "Feature maps")
     wait_until_drawn(panel)
