@@ -40,6 +40,10 @@ FEATURE_CACHE_ENTRIES = 112
 HEATMAP_CACHE_ENTRIES = 256
 INPUT_CACHE_ENTRIES = 256
 WATCH_SECONDS = 1.0
+# Images per batch of the pass over a test set. Activations that stay in the CPU's caches beat large
+# batches: 2,000 JPEGs through EfficientNet-Lite0 read at 57 images/s in batches of 16, 48 in batches of 8
+# and 35 in batches of 64.
+PASS_BATCH_SIZE = 16
 """How often a watched session looks at the user's weights: a walk over the parameters' version counters
 (well under a millisecond for a ResNet50), so the views follow a training loop within a second or two."""
 
@@ -582,8 +586,8 @@ class Session:
             labels = self.labels if self.labels is not None else np.zeros(self.count, dtype=np.int64)
             with self.replicas.borrow(WORK) as replica:
                 evaluation, embeddings = evaluate_and_embed(
-                    replica, self._images(), labels, preprocess=self.preprocess, progress=False, output=self.output,
-                    checkpoint=checkpoint, partial_every=partial_every,
+                    replica, self._images(), labels, batch_size=PASS_BATCH_SIZE, preprocess=self.preprocess,
+                    progress=False, output=self.output, checkpoint=checkpoint, partial_every=partial_every,
                 )
             if entry is not None:
                 arrays = {name: getattr(evaluation, name) for name in ("labels", "predictions", "probabilities", "confusion")}
