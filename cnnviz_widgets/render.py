@@ -11,7 +11,6 @@ import math
 from functools import lru_cache
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import Tensor

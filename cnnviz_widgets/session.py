@@ -19,7 +19,7 @@ from typing import Callable, Hashable
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import methods
 from .cache import DiskCache, callable_digest, check_cache, weights_digest
