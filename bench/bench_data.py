@@ -15,7 +15,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from ipywidgets.widgets.widget import _remove_buffers

@@ -9,7 +9,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import cnnviz_widgets as cw
