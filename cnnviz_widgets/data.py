@@ -331,10 +331,9 @@ def _classify(model, images, labels, batch_size, preprocess, progress, output, c
                 settings = [Setting(f, len(batch), torch.get_num_threads()) for f in MEMORY_FORMATS]
                 chooser = tuner(replica, ("pass", tuple(batch.shape)), lambda: settings)
             setting = chooser.next()
-            start = time.perf_counter()
             with probe(replica, **watch) as capture:
-                logits.append(logits_of(capture.run(batch.contiguous(memory_format=setting.memory_format)), output).float().cpu())
-            chooser.record(setting, time.perf_counter() - start, len(batch))
+                outputs = chooser.timed(setting, len(batch), lambda: capture.run(batch.contiguous(memory_format=setting.memory_format)))
+                logits.append(logits_of(outputs, output).float().cpu())
             if embedding:
                 seen = capture.inputs if kind == "input" else capture.outputs
                 features.append(_pooled(seen[name], "avg", name).float().cpu())

@@ -29,7 +29,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterator
+from typing import Callable, Hashable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,8 @@ MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 TRIALS = 2
 """Timed batches per candidate setting before the tuner settles: the fastest of two already rules out most
 of the noise of a machine shared with other work."""
+
+T = TypeVar("T")
 
 _IN_PLACE_FUNCTIONS = {
     operator.iadd: operator.add,
@@ -353,6 +355,21 @@ class Tuner:
         if items == setting.batch_size:
             self.times[setting].append(seconds / items)
 
+    def timed(self, setting: Setting, items: int, work: Callable[[], T]) -> T:
+        """``work()``, a batch of ``items`` run with ``setting`` (its memory format is the caller's to use),
+        on the setting's threads, its time recorded."""
+        start = time.perf_counter()
+        with intra_op_threads(setting.threads):
+            result = work()
+        self.record(setting, time.perf_counter() - start, items)
+        return result
+
+
+def candidates(memory_formats, batch_sizes) -> list[Setting]:
+    """The settings a tuner tries: each memory format with each batch size, on torch's threads or on one."""
+    threads = sorted({torch.get_num_threads(), 1}, reverse=True)
+    return [Setting(f, size, count) for f in memory_formats for size in batch_sizes for count in threads]
+
 
 def tuner(replica: nn.Module, key: Hashable, settings: Callable[[], list[Setting]]) -> Tuner:
     """The tuner of ``replica`` for the work ``key`` (made with ``settings()`` the first time)."""
@@ -370,16 +387,11 @@ def forwarder(replica: nn.Module, example: Tensor, work: Hashable, batch_size: i
     memory format and on the threads the first batches of this ``work`` measured fastest, for this replica.
     Call it with gradients off."""
     fast = fast_copy(replica, example)
-    threads = tuple(sorted({torch.get_num_threads(), 1}, reverse=True))
-    key = (work, tuple(example.shape), batch_size, fast.memory_formats, threads)
-    chooser = tuner(replica, key, lambda: [Setting(f, batch_size, count) for f in fast.memory_formats for count in threads])
+    settings = candidates(fast.memory_formats, (batch_size,))
+    chooser = tuner(replica, (work, tuple(example.shape), *settings), lambda: settings)
 
     def run(batch: Tensor):
         setting = chooser.next()
-        start = time.perf_counter()
-        with intra_op_threads(setting.threads):
-            output = fast.module(batch.contiguous(memory_format=setting.memory_format))
-        chooser.record(setting, time.perf_counter() - start, len(batch))
-        return output
+        return chooser.timed(setting, len(batch), lambda: fast.module(batch.contiguous(memory_format=setting.memory_format)))
 
     return run

@@ -10,7 +10,6 @@ copy of the image.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..fast import FastCopy, Setting, Tuner, fast_copy, intra_op_threads, tuner
+from ..fast import FastCopy, Tuner, candidates, fast_copy, tuner
 from ..inputs import (
     check_baseline,
     check_image,
@@ -143,10 +142,8 @@ def occlusion(
                         checkpoint(done / len(boxes))
                     setting = chooser.next()
                     positions = range(done, min(done + setting.batch_size, level_end))
-                    start = time.perf_counter()
-                    with intra_op_threads(setting.threads):
-                        batch_logits = logits_of(engine(positions, setting.memory_format), output)
-                    chooser.record(setting, time.perf_counter() - start, len(positions))
+                    outputs = chooser.timed(setting, len(positions), lambda: engine(positions, setting.memory_format))
+                    batch_logits = logits_of(outputs, output)
                     scores[order[positions.start : positions.stop]] = torch.softmax(batch_logits, dim=1)[:, index]
                     done = positions.stop
                 if checkpoint is not None and level_number < len(levels) - 1:
@@ -195,10 +192,8 @@ def _tuner_for(replica: nn.Module, fast: FastCopy, kind: str, image: Tensor, win
         sizes = (batch_size,)
     else:
         sizes = tuple(size for size in BATCH_SIZES[kind] if size <= positions) or (positions,)
-    threads = tuple(sorted({torch.get_num_threads(), 1}, reverse=True))
-    key = (kind, tuple(image.shape), window, sizes, fast.memory_formats, threads)
-    settings = [Setting(f, size, count) for f in fast.memory_formats for size in sizes for count in threads]
-    return tuner(replica, key, lambda: settings)
+    settings = candidates(fast.memory_formats, sizes)
+    return tuner(replica, (kind, tuple(image.shape), window, *settings), lambda: settings)
 
 
 def spread_over_windows(drops: Tensor, boxes: Sequence[Box], size) -> Tensor:
