@@ -2,7 +2,7 @@
 
 Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``). Prints two markdown tables:
 for each model at 224 px, the best of several runs of our Grad-CAM (the raw map, as Captum's) and guided
-backprop next to Captum's and pytorch-grad-cam's; then exact occlusion at two window settings next to
+backprop next to Captum's and pytorch-grad-cam's, and the fast copy's forward pass alone (the floor of any Grad-CAM); then exact occlusion at two window settings next to
 Captum's ``Occlusion`` at its fastest ``perturbations_per_eval`` (picked in a first trial), with the largest
 difference between the two attributions on softmax outputs. Then the time of 8 filter patterns at 128 px,
 and the memory (RSS) growth over 300 rounds of grad_cam + guided_backprop + feature_maps.
@@ -14,6 +14,7 @@ model with its pretrained weights.
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import os
 import time
@@ -26,6 +27,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import cnnviz_widgets as cw
+from cnnviz_widgets.fast import fast_copy
+from cnnviz_widgets.replica import borrow
 
 SIZE = 224
 TARGET = 1
@@ -76,16 +79,28 @@ def grad_cam_row(model, layer, x):
     # pytorch-grad-cam keeps its hooks on the model for the life of the object: give it its own copy so
     # its hooks do not run (and cost) during the other contenders' calls.
     twin = copy.deepcopy(model)
+    with borrow(model) as replica, torch.no_grad():
+        fast = fast_copy(replica, x.unsqueeze(0)).module
+
+    def forward(memory_format):
+        with torch.no_grad():
+            fast(x.unsqueeze(0).contiguous(memory_format=memory_format))
+
+    forwards = {
+        f"forward {memory_format}": functools.partial(forward, memory_format)
+        for memory_format in (torch.contiguous_format, torch.channels_last)
+    }
     with GradCAM(model=twin, target_layers=[dict(twin.named_modules())[layer]]) as cam:
         times = best_times(
             {
                 "ours": lambda: cw.grad_cam(model, x, layer, TARGET, raw=True),
                 "captum": lambda: captum.attribute(x.unsqueeze(0), target=TARGET, relu_attributions=True),
                 "pytorch-grad-cam": lambda: cam(input_tensor=x.unsqueeze(0), targets=[ClassifierOutputTarget(TARGET)]),
+                **forwards,
             },
             GRADIENT_RUNS,
         )
-    return times["ours"], times["captum"], times["pytorch-grad-cam"]
+    return times["ours"], times["captum"], times["pytorch-grad-cam"], min(times[name] for name in forwards)
 
 
 def guided_backprop_row(model, x):
@@ -97,7 +112,7 @@ def guided_backprop_row(model, x):
         },
         GRADIENT_RUNS,
     )
-    return times["ours"], times["captum"], None
+    return times["ours"], times["captum"]
 
 
 def captum_occlusion(model, x, window: int, stride: int, perturbations: int):
@@ -195,17 +210,18 @@ def main():
     x = torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {GRADIENT_RUNS} runs, "
           f"input {SIZE} px\n")
-    print("| model | method | ours (ms) | Captum (ms) | pytorch-grad-cam (ms) | Captum / ours |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("Forward: the fast copy's forward pass alone, without autograd, in its faster memory format: no "
+          "Grad-CAM can take less than one forward pass.\n")
+    print("| model | method | ours (ms) | Captum (ms) | pytorch-grad-cam (ms) | ours / Captum | forward (ms) | ours / forward |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     all_models = models()
     for name, model, layer in all_models:
-        rows = [
-            ("Grad-CAM", grad_cam_row(model, layer, x)),
-            ("guided backprop", guided_backprop_row(model, x)),
-        ]
-        for method, (ours, captum, other) in rows:
-            print(f"| {name} | {method} | {milliseconds(ours)} | {milliseconds(captum)} | {milliseconds(other)} "
-                  f"| {captum / ours:.2f}x |", flush=True)
+        ours, captum, other, forward = grad_cam_row(model, layer, x)
+        print(f"| {name} | Grad-CAM | {milliseconds(ours)} | {milliseconds(captum)} | {milliseconds(other)} "
+              f"| {ours / captum:.2f}x | {milliseconds(forward)} | {ours / forward:.2f}x |", flush=True)
+        ours, captum = guided_backprop_row(model, x)
+        print(f"| {name} | guided backprop | {milliseconds(ours)} | {milliseconds(captum)} | - | {ours / captum:.2f}x | - | - |",
+              flush=True)
     print(f"\nExact occlusion, baseline 0, best of (runs) once ours settled ({OCCLUSION_SETTLING_POSITIONS} positions); Captum at "
           f"its fastest perturbations_per_eval of {CAPTUM_PERTURBATIONS}; difference: max |ours - Captum| of the "
           "attributions on softmax outputs\n")

@@ -24,7 +24,7 @@ import copy
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Hashable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -46,19 +46,22 @@ def fingerprint(model: nn.Module) -> Fingerprint:
     The modules' plain settings (a dropout's ``p``, a flag the forward reads) count too; their train/eval
     mode does not, since replicas always compute in eval mode.
     """
-    tensors = [*model.parameters(), *model.buffers()]
-    return (
-        tuple((id(module), _settings(module)) for module in model.modules()),
-        tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device, t.shape) for t in tensors),
-    )
+    modules, tensors = [], []
+    # One walk over the modules (parameters() and buffers() would each walk them again): this runs before
+    # every computation, and costs 1.5 ms on EfficientNet-Lite0 done the long way.
+    for module in model.modules():
+        modules.append((id(module), _settings(module)))
+        for t in (*module._parameters.values(), *module._buffers.values()):
+            if t is not None:
+                tensors.append((id(t), t._version, t.data_ptr(), t.dtype, t.device, t.shape))
+    return tuple(modules), tuple(tensors)
+
+
+_PLAIN_TYPES = frozenset((bool, int, float, str, type(None)))
 
 
 def _settings(module: nn.Module) -> tuple:
-    return tuple(
-        (key, value)
-        for key, value in vars(module).items()
-        if key != "training" and isinstance(value, (bool, int, float, str, type(None)))
-    )
+    return tuple((key, value) for key, value in vars(module).items() if type(value) in _PLAIN_TYPES and key != "training")
 
 
 def _structure(fingerprint_: Fingerprint) -> tuple:
@@ -116,6 +119,7 @@ def _drop_observers(module: nn.Module) -> None:
 
 
 def _copy_values(replica: nn.Module, model: nn.Module) -> None:
+    _VALUE_COPIES[replica] = _VALUE_COPIES.get(replica, 0) + 1
     with torch.no_grad():
         for mine, theirs in zip(
             [*replica.parameters(), *replica.buffers()], [*model.parameters(), *model.buffers()]
@@ -188,6 +192,7 @@ class Replicas:
 _REGISTRY: "weakref.WeakKeyDictionary[nn.Module, Replicas]" = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
 _REPLICA_IDS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_VALUE_COPIES: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
 
 
 def replicas_of(model: nn.Module) -> Replicas:
@@ -201,6 +206,15 @@ def replicas_of(model: nn.Module) -> Replicas:
 
 def is_replica(model: nn.Module) -> bool:
     return model in _REPLICA_IDS
+
+
+def weights_state(model: nn.Module) -> Hashable:
+    """What changes when ``model``'s weights do, for caches of what is derived from them (the fast copy). A
+    replica's weights change only when the user's are copied over, so for a replica this is a count of
+    those copies, read in no time; for any other module, its :func:`fingerprint`."""
+    if is_replica(model):
+        return ("copies", _VALUE_COPIES.get(model, 0))
+    return fingerprint(model)
 
 
 @contextmanager

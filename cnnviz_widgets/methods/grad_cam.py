@@ -23,7 +23,8 @@ from ..fast import forwarder
 from ..inputs import check_image, check_int, check_model, check_positive_int, check_target
 from ..layers import resolve_layer
 from ..outputs import OutputToLogits, check_output, logits_of
-from ..probe import probe
+from ..cut import layer_cut
+from ..probe import model_lock, probe
 from ..replica import borrow
 from .feature_maps import layer_output
 from .occlusion import DEFAULT_BATCH_SIZE, Checkpoint
@@ -255,24 +256,36 @@ def layer_pass(
 ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor]]:
     """The layer's ``(C, h, w)`` activations for ``image``, the explained score's gradient with respect to them
     (None when ``method`` does not use it), and the function from logits to that score."""
+    cut = layer_cut(model, name, image)
+    if cut is None:
+        return _hooked_layer_pass(model, image, name, target, contrast, output, method)
+    with model_lock(model), torch.enable_grad():
+        activations, model_output = cut.run(model, image, method.uses_gradients)
+        return _weighed(activations, logits_of(model_output, output), name, target, contrast, method)
+
+
+def _hooked_layer_pass(model, image, name, target, contrast, output, method):
+    """:func:`layer_pass` by a hook on the replica, for a model that cannot be cut at ``name``."""
     module = model.get_submodule(name)
     with probe(model, outputs=[(name, module)], differentiable=method.uses_gradients) as capture:
         logits = logits_of(capture.run(image), output)
-        explained = explained_score(target, contrast, logits.shape[1])
-        activations = layer_output(capture.outputs, name, module)
-        if activations.dim() != 4:
-            raise ValueError(
-                f"layer: {method.label} needs a layer with spatial maps (N, C, h, w); {name!r} outputs "
-                f"{tuple(activations.shape)}"
-            )
-        if not method.uses_gradients:
-            return activations[0], None, explained
-        score = explained(logits)[0]
-        unused = not score.requires_grad
-        if not unused:
-            (gradients,) = torch.autograd.grad(score, activations, allow_unused=True)
-            unused = gradients is None
-    if unused:
+        return _weighed(layer_output(capture.outputs, name, module), logits, name, target, contrast, method)
+
+
+def _weighed(activations, logits, name, target, contrast, method):
+    explained = explained_score(target, contrast, logits.shape[1])
+    if activations.dim() != 4:
+        raise ValueError(
+            f"layer: {method.label} needs a layer with spatial maps (N, C, h, w); {name!r} outputs "
+            f"{tuple(activations.shape)}"
+        )
+    if not method.uses_gradients:
+        return activations.detach()[0], None, explained
+    score = explained(logits)[0]
+    gradients = None
+    if score.requires_grad:
+        (gradients,) = torch.autograd.grad(score, activations, allow_unused=True)
+    if gradients is None:
         raise ValueError(f"layer: the model's output does not depend on {name!r}; pick a layer on its path")
     return activations.detach()[0], gradients[0], explained
 

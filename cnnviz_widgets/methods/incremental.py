@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..fast import CONV_PARAMETERS, FastCopy, attribute, conv_arguments
+from ..fast import CONV_PARAMETERS, ChannelsLastMaxPool2d, FastCopy, attribute, conv_arguments
 
 Box = tuple[int, int, int, int]
 """A patch ``(top, bottom, left, right)``: rows ``top:bottom`` and columns ``left:right`` of the image."""
@@ -460,13 +460,13 @@ def _module_op(module: nn.Module, node: fx.Node, values: dict) -> Op | None:
     source = node.args[0] if node.args else None
     if len(node.args) != 1 or node.kwargs or not isinstance(source, fx.Node) or not _spatial(values[source]):
         return None
-    if type(module) in (nn.MaxPool2d, nn.AvgPool2d):
+    if type(module) in (nn.MaxPool2d, ChannelsLastMaxPool2d, nn.AvgPool2d):
         options = {name: getattr(module, name) for name in ("stride", "padding", "ceil_mode")}
         if isinstance(module, nn.MaxPool2d):
             options.update(dilation=module.dilation, return_indices=module.return_indices)
         else:
             options.update(count_include_pad=module.count_include_pad, divisor_override=module.divisor_override)
-        return _window_pool(source, type(module) is nn.MaxPool2d, module.kernel_size, options, values[source], values[node])
+        return _window_pool(source, isinstance(module, nn.MaxPool2d), module.kernel_size, options, values[source], values[node])
     if type(module) in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d):
         if getattr(module, "return_indices", False):
             return None

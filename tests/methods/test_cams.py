@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import cnnviz_widgets as cw
+from cnnviz_widgets import fast
 from cnnviz_widgets.methods.grad_cam import CAM_METHODS, principal_projection
 from method_helpers import EGYPTIAN_CAT, ESPRESSO, halves
 from tests.model_state import ModelState, used_model
@@ -74,7 +76,9 @@ def test_eigen_cam_is_pytorch_grad_cams_up_to_the_components_sign(model_name, re
     layer, target = LAYERS[model_name], TARGETS[model_name]
     projection = principal_projection(cw.feature_maps(model, x, layer))
     ours = cw.cam(model, x, layer, target, "eigen-cam", raw=True)
-    torch.testing.assert_close(ours, torch.relu(projection))
+    # The CAMs run on the fast copy (BatchNorm folded), which stays within fast.TOLERANCE of the replica.
+    scale = float(projection.abs().max())
+    torch.testing.assert_close(ours, torch.relu(projection), rtol=fast.TOLERANCE, atol=fast.TOLERANCE * scale)
     reference = oracle_map(model, x, layer, target, "eigen-cam")
     orientations = [cw.cam(model, x, layer, target, "eigen-cam"), upsampled(torch.relu(-projection), x.shape[-2:])]
     assert max(pearson(map_, reference) for map_ in orientations) >= 0.999
@@ -155,11 +159,13 @@ def test_hires_cam_adds_up_to_the_score_through_a_pooled_linear_head(small_image
 
 
 def test_grad_cam_is_the_family_default(resnet18, small_image):
+    # The first calls try the fast copy's memory formats and thread counts in turn, which round differently.
+    same = functools.partial(torch.testing.assert_close, rtol=1e-5, atol=1e-6)
     expected = cw.cam(resnet18, small_image, "layer3", 2)
-    assert torch.equal(cw.grad_cam(resnet18, small_image, "layer3", 2), expected)
-    assert torch.equal(cw.cam(resnet18, small_image, "layer3", 2, "grad-cam"), expected)
+    same(cw.grad_cam(resnet18, small_image, "layer3", 2), expected)
+    same(cw.cam(resnet18, small_image, "layer3", 2, "grad-cam"), expected)
     contrasted = cw.cam(resnet18, small_image, "layer3", 2, contrast=4)
-    assert torch.equal(cw.grad_cam(resnet18, small_image, "layer3", 2, contrast=4), contrasted)
+    same(cw.grad_cam(resnet18, small_image, "layer3", 2, contrast=4), contrasted)
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)

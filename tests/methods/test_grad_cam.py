@@ -111,7 +111,8 @@ def test_constant_map_scales_to_zeros():
 def test_layer_as_module_or_name_and_both_input_ranks(resnet18, small_image):
     by_name = cw.grad_cam(resnet18, small_image, "layer3.1.conv2", 2, raw=True)
     by_module = cw.grad_cam(resnet18, small_image.unsqueeze(0), resnet18.layer3[1].conv2, 2, raw=True)
-    assert torch.equal(by_name, by_module)
+    # The first calls try the memory formats and thread counts in turn, which round differently.
+    torch.testing.assert_close(by_name, by_module, rtol=1e-5, atol=1e-6 * float(by_name.max()))
 
 
 def test_fully_frozen_model(digits_model, digit):

@@ -346,3 +346,13 @@ def test_tracing_leaves_other_threads_forward_passes_alone():
         thread.join()
     assert failures == []
     assert type(nn.Module.__call__) is type(lambda: None) and nn.Module.__call__.__name__ == "_wrapped_call_impl"
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_max_pooling_in_channels_last_gives_torchs_values_in_the_inputs_layout(ceil_mode, memory_format):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 17, 14).contiguous(memory_format=memory_format)
+    ours = fast.ChannelsLastMaxPool2d(3, 2, 1, ceil_mode=ceil_mode)(x)
+    assert torch.equal(ours, nn.MaxPool2d(3, 2, 1, ceil_mode=ceil_mode)(x.contiguous()))
+    assert ours.is_contiguous(memory_format=memory_format)
