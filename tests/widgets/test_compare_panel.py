@@ -18,10 +18,13 @@ def test_every_method_is_shown_with_its_scores_fast_ones_first(digits):
     state = ModelState(model)
     panel = panel_of(cw.ComparePanel, digits)
     arrivals = []
-    for name, (_, picture, _, _) in panel.cards.items():
-        picture.observe(lambda change, name=name: arrivals.append(name), "value")
+    for name, (_, picture, _, text) in panel.cards.items():
+        picture.observe(lambda change, name=name: arrivals.append(("map", name)), "value")
+        text.observe(lambda change, name=name: arrivals.append(("scores", name)) if "AUC" in change["new"] else None, "value")
     settled(panel)
-    assert arrivals[: len(EXPLANATIONS)] == [item.name for item in EXPLANATIONS]
+    # Every map, fast ones first, then every map's scores.
+    assert arrivals[: len(EXPLANATIONS)] == [("map", item.name) for item in EXPLANATIONS]
+    assert sorted(arrivals[len(EXPLANATIONS) :]) == sorted(("scores", item.name) for item in EXPLANATIONS)
     x = cw.demo.digits_preprocess(pictures[0])
     grad_cam = cw.cam(model, x, panel.layer, panel.target, method="grad-cam")
     scores = cw.deletion_insertion(model, x, panel.target, grad_cam)
