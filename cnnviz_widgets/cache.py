@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-KEY_VERSION = b"cnnviz-pass-1"
+KEY_VERSION = b"cnnviz-pass-2"
+"""Changes with what an entry holds (version 2: the most probable classes), so that no older entry is read."""
 
 
 def default_folder() -> Path:

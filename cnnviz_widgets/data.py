@@ -29,6 +29,8 @@ from .sources import PictureSource, default_preprocess, picture_source
 
 PROJECTION_METHODS = ("pca", "tsne", "umap")
 POOLING = ("avg", "flatten")
+TOP_CLASSES = 10
+"""The most probable classes an evaluation lists for each image when it keeps every probability."""
 # PCA is exact, from the (D, D) covariance matrix: one pass of matrix products over the points, then an
 # eigendecomposition of D x D. Up to this many values (points x dimensions) the products run in float64;
 # above, in float32 (twice as fast: 50,000 x 1,280 embeddings in about a second on 2 cores), the
@@ -176,19 +178,26 @@ def _batches(images: _Images, description: str, progress: bool, checkpoint: Call
 class Evaluation:
     """A classifier's predictions on a labelled dataset.
 
-    labels, predictions: (N,) int64 class indices; probabilities: (N, K) float32 softmax outputs;
+    labels, predictions: (N,) int64 class indices;
+    probabilities: (N, K) float32 softmax outputs, or None when only the most probable classes were kept
+        (``evaluate(..., top_k=)``, as a dashboard's pass over a test set keeps them);
     confusion: (K, K) int64 counts, rows the true class and columns the predicted one
-    (``sklearn.metrics.confusion_matrix(labels, predictions, labels=range(K))``).
+        (``sklearn.metrics.confusion_matrix(labels, predictions, labels=range(K))``);
+    top_classes: (N, k) int32, each image's ``k`` most probable classes, most probable first, and
+    top_probabilities: (N, k) float32, their probabilities; ``k`` is ``top_k``, or every class if there
+        are no more.
     """
 
     labels: np.ndarray
     predictions: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     confusion: np.ndarray
+    top_classes: np.ndarray
+    top_probabilities: np.ndarray
 
     @property
     def num_classes(self) -> int:
-        return self.probabilities.shape[1]
+        return self.confusion.shape[0]
 
     @property
     def correct(self) -> np.ndarray:
@@ -202,7 +211,7 @@ class Evaluation:
     @property
     def confidence(self) -> np.ndarray:
         """(N,) float32: the probability the model gives to the class it predicts."""
-        return self.probabilities[np.arange(len(self.predictions)), self.predictions]
+        return self.top_probabilities[:, 0]
 
     @property
     def per_class_accuracy(self) -> np.ndarray:
@@ -270,6 +279,7 @@ def evaluate(
     progress: bool = True,
     output=None,
     checkpoint=None,
+    top_k: int | None = None,
 ) -> Evaluation:
     """Run ``model`` over ``images`` and compare its predictions with ``labels``.
 
@@ -280,8 +290,14 @@ def evaluate(
     preprocess: picture -> model input, for pictures; by default pixels in [0, 1].
     output: a callable from the model's output to its logits (see :func:`~cnnviz_widgets.outputs.logits_of`).
     checkpoint: called as ``checkpoint(fraction_done)`` before each batch; raise from it to stop.
+    top_k: keep the probabilities of each image's ``top_k`` most probable classes only (``top_classes``,
+        ``top_probabilities``; ``probabilities`` is then None unless there are no more classes): 50,000
+        images of 1,000 classes in 2 MB at ``top_k=5`` rather than 200 MB. None: every probability, and
+        the ``TOP_CLASSES`` most probable.
     """
-    evaluation, _ = _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=False)
+    evaluation, _ = _classify(
+        model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=False, top_k=top_k
+    )
     return evaluation
 
 
@@ -296,6 +312,7 @@ def evaluate_and_embed(
     output=None,
     checkpoint=None,
     partial_every: float | None = None,
+    top_k: int | None = None,
 ) -> tuple[Evaluation, np.ndarray]:
     """:func:`evaluate` and :func:`embed` at the default layer in one pass over the images: for a test set
     that takes minutes to read, the second pass would double the wait. Same arguments as :func:`evaluate`.
@@ -305,16 +322,21 @@ def evaluate_and_embed(
     if partial_every is not None and checkpoint is None:
         raise ValueError("partial_every: the evaluations so far go to checkpoint=, which is not given")
     return _classify(
-        model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=True, partial_every=partial_every
+        model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=True,
+        partial_every=partial_every, top_k=top_k,
     )
 
 
-def _classify(model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool, partial_every=None):
+def _classify(
+    model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool, partial_every=None, top_k=None
+):
     model = check_model(model)
+    if top_k is not None:
+        top_k = check_positive_int(top_k, "top_k")
     output = check_output(output)
     source = _Images(images, check_positive_int(batch_size, "batch_size"), preprocess)
     given = None if labels is None else _labels_array(labels, source.count)
-    logits, seen_labels, features = [], [], []
+    classified, seen_labels, features = _Classified(top_k), [], []
     with borrow(model) as replica:
         device = model_device(replica)
         watch = {}
@@ -333,7 +355,7 @@ def _classify(model, images, labels, batch_size, preprocess, progress, output, c
             setting = chooser.next()
             with probe(replica, **watch) as capture:
                 outputs = chooser.timed(setting, len(batch), lambda: capture.run(batch.contiguous(memory_format=setting.memory_format)))
-                logits.append(logits_of(outputs, output).float().cpu())
+                classified.add(logits_of(outputs, output).float().cpu())
             if embedding:
                 seen = capture.inputs if kind == "input" else capture.outputs
                 features.append(_pooled(seen[name], "avg", name).float().cpu())
@@ -342,35 +364,60 @@ def _classify(model, images, labels, batch_size, preprocess, progress, output, c
                     raise ValueError("labels: not given, and the images carry none; pass labels=")
                 seen_labels.append(batch_labels.reshape(-1).cpu())
             if partial_every is not None and time.perf_counter() - last_partial >= partial_every:
-                so_far = _evaluation(logits, given if given is not None else torch.cat(seen_labels), so_far=True)
+                so_far = classified.evaluation(given if given is not None else torch.cat(seen_labels), so_far=True)
                 checkpoint(len(so_far.labels) / source.count if source.count else 0.0, so_far)
                 last_partial = time.perf_counter()
     # A DataLoader over an iterable dataset has no length up front: the label count is checked here.
-    evaluation = _evaluation(logits, given if given is not None else torch.cat(seen_labels))
+    evaluation = classified.evaluation(given if given is not None else torch.cat(seen_labels))
     return evaluation, (torch.cat(features).numpy() if embedding else None)
 
 
-def _evaluation(logits: list[Tensor], labels, so_far: bool = False) -> Evaluation:
-    """The evaluation of the images whose logits (a list of batches) are given, with as many ``labels``;
-    ``so_far``: a pass under way, whose labels may run ahead of its logits."""
-    logits = torch.cat(logits)
-    if logits.ndim != 2:
-        raise ValueError(f"model: expected logits of shape (N, K), got {tuple(logits.shape)}")
-    true = _labels_array(labels[: len(logits)] if so_far else labels, len(logits))
-    num_classes = logits.shape[1]
-    if true.size and (true.min() < 0 or true.max() >= num_classes):
-        raise ValueError(
-            f"labels: values must be class indices in 0..{num_classes - 1}, got {true.min()}..{true.max()}"
+class _Classified:
+    """What a pass keeps of each batch's logits: the predictions, the most probable classes, and every
+    probability only when asked (``top_k`` None) or when there are no more classes than ``top_k``. The logits
+    themselves are dropped: 50,000 images of 1,000 classes would hold 200 MB of them."""
+
+    def __init__(self, top_k: int | None):
+        self.top_k = top_k
+        self.num_classes = 0
+        self.predictions: list[Tensor] = []
+        self.top_classes: list[Tensor] = []
+        self.top_probabilities: list[Tensor] = []
+        self.probabilities: list[Tensor] = []
+
+    def add(self, logits: Tensor) -> None:
+        if logits.ndim != 2:
+            raise ValueError(f"model: expected logits of shape (N, K), got {tuple(logits.shape)}")
+        num_classes = self.num_classes = logits.shape[1]
+        probabilities = torch.softmax(logits, dim=1)
+        self.predictions.append(logits.argmax(dim=1))
+        top = probabilities.topk(min(num_classes, self.top_k or TOP_CLASSES), dim=1)
+        self.top_classes.append(top.indices.int())
+        self.top_probabilities.append(top.values)
+        if self.top_k is None or num_classes <= self.top_k:
+            self.probabilities.append(probabilities)
+
+    def evaluation(self, labels, so_far: bool = False) -> Evaluation:
+        """The evaluation of the images classified so far, with as many ``labels``; ``so_far``: a pass under
+        way, whose labels may run ahead of its logits."""
+        predictions = torch.cat(self.predictions).numpy().astype(np.int64)
+        top_probabilities = torch.cat(self.top_probabilities).numpy().astype(np.float32)
+        num_classes = self.num_classes
+        true = _labels_array(labels[: len(predictions)] if so_far else labels, len(predictions))
+        if true.size and (true.min() < 0 or true.max() >= num_classes):
+            raise ValueError(
+                f"labels: values must be class indices in 0..{num_classes - 1}, got {true.min()}..{true.max()}"
+            )
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        np.add.at(confusion, (true, predictions), 1)
+        return Evaluation(
+            labels=true,
+            predictions=predictions,
+            probabilities=torch.cat(self.probabilities).numpy().astype(np.float32) if self.probabilities else None,
+            confusion=confusion,
+            top_classes=torch.cat(self.top_classes).numpy(),
+            top_probabilities=top_probabilities,
         )
-    predictions = logits.argmax(dim=1).numpy().astype(np.int64)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (true, predictions), 1)
-    return Evaluation(
-        labels=true,
-        predictions=predictions,
-        probabilities=torch.softmax(logits, dim=1).numpy().astype(np.float32),
-        confusion=confusion,
-    )
 
 
 def _pooled(activations, pool: str, layer_name: str) -> Tensor:

@@ -40,12 +40,15 @@ FEATURE_CACHE_ENTRIES = 112
 HEATMAP_CACHE_ENTRIES = 256
 INPUT_CACHE_ENTRIES = 256
 WATCH_SECONDS = 1.0
+"""How often a watched session looks at the user's weights: a walk over the parameters' version counters
+(well under a millisecond for a ResNet50), so the views follow a training loop within a second or two."""
 # Images per batch of the pass over a test set. Activations that stay in the CPU's caches beat large
 # batches: 2,000 JPEGs through EfficientNet-Lite0 read at 57 images/s in batches of 16, 48 in batches of 8
 # and 35 in batches of 64.
 PASS_BATCH_SIZE = 16
-"""How often a watched session looks at the user's weights: a walk over the parameters' version counters
-(well under a millisecond for a ResNet50), so the views follow a training loop within a second or two."""
+PASS_TOP_CLASSES = 10
+"""What the pass over the images keeps of each image's probabilities: its 10 most probable classes (every
+probability when there are no more classes). The views need only the predicted class's probability."""
 
 
 class LRUCache:
@@ -581,16 +584,22 @@ class Session:
             entry = self._pass_entry()
             stored = None if entry is None else self._disk.load(entry)
             if stored is not None:
-                return Evaluation(stored["labels"], stored["predictions"], stored["probabilities"], stored["confusion"]), stored["embeddings"]
+                evaluation = Evaluation(
+                    stored["labels"], stored["predictions"], stored.get("probabilities"), stored["confusion"],
+                    stored["top_classes"], stored["top_probabilities"],
+                )
+                return evaluation, stored["embeddings"]
             # Without labels the pass still gives predictions and embeddings; its confusion is not shown.
             labels = self.labels if self.labels is not None else np.zeros(self.count, dtype=np.int64)
             with self.replicas.borrow(WORK) as replica:
                 evaluation, embeddings = evaluate_and_embed(
                     replica, self._images(), labels, batch_size=PASS_BATCH_SIZE, preprocess=self.preprocess,
                     progress=False, output=self.output, checkpoint=checkpoint, partial_every=partial_every,
+                    top_k=PASS_TOP_CLASSES,
                 )
             if entry is not None:
-                arrays = {name: getattr(evaluation, name) for name in ("labels", "predictions", "probabilities", "confusion")}
+                names = ("labels", "predictions", "probabilities", "confusion", "top_classes", "top_probabilities")
+                arrays = {name: getattr(evaluation, name) for name in names if getattr(evaluation, name) is not None}
                 self._disk.save(entry, {**arrays, "embeddings": embeddings})
             return evaluation, embeddings
 

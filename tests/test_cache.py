@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import cnnviz_widgets as cw
+from cnnviz_widgets import session
 from cnnviz_widgets.session import Session
 
 
@@ -79,3 +80,22 @@ def test_no_cache_writes_nothing(folder, tmp_path, monkeypatch):
     assert len(list((tmp_path / "default").glob("*.npz"))) == 1
     with pytest.raises(TypeError, match="cache: expected None .*, False .* or a folder path, got int"):
         Session(CountingCNN(), folder, cache=3)
+
+
+def test_a_pass_over_many_classes_keeps_and_stores_the_most_probable_only(folder, tmp_path):
+    torch.manual_seed(0)
+    classes = 50
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, classes)
+    )
+    names = ["ant", "bee", "cat", *(f"class {k}" for k in range(3, classes))]
+    evaluation = Session(model, folder, class_names=names, cache=tmp_path / "cache").evaluation()
+    assert evaluation.probabilities is None
+    direct = cw.evaluate(model, folder, progress=False)
+    values, order = torch.sort(torch.from_numpy(direct.probabilities), dim=1, descending=True)
+    np.testing.assert_array_equal(evaluation.top_classes, order[:, : session.PASS_TOP_CLASSES].numpy())
+    np.testing.assert_allclose(evaluation.top_probabilities, values[:, : session.PASS_TOP_CLASSES].numpy(), atol=1e-6)
+    again = Session(model, folder, class_names=names, cache=tmp_path / "cache").evaluation()
+    np.testing.assert_array_equal(again.top_classes, evaluation.top_classes)
+    np.testing.assert_array_equal(again.top_probabilities, evaluation.top_probabilities)
+    assert again.probabilities is None

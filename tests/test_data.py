@@ -107,6 +107,35 @@ def test_probabilities_are_softmax_of_logits(evaluation, digits, model):
     np.testing.assert_allclose(evaluation.probabilities, expected, atol=1e-6)
 
 
+def test_top_k_keeps_each_images_most_probable_classes_only(digits, model):
+    x, y, _ = digits
+    x, y = x[:100], y[:100]
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), dim=1)
+    top = cw.evaluate(model, x, y, top_k=3, progress=False)
+    assert top.probabilities is None
+    assert top.top_classes.shape == (100, 3) and top.top_probabilities.dtype == np.float32
+    values, classes = torch.sort(expected, dim=1, descending=True)
+    np.testing.assert_array_equal(top.top_classes, classes[:, :3].numpy())
+    np.testing.assert_allclose(top.top_probabilities, values[:, :3].numpy(), atol=1e-6)
+    np.testing.assert_allclose(top.confidence, expected.max(dim=1).values.numpy(), atol=1e-6)
+    whole = cw.evaluate(model, x, y, progress=False)
+    np.testing.assert_array_equal(top.predictions, whole.predictions)
+    np.testing.assert_array_equal(top.confusion, whole.confusion)
+    np.testing.assert_array_equal(top.mistakes(), whole.mistakes())
+    # The default keeps every probability and lists the 10 most probable (here: every one of 10 classes).
+    np.testing.assert_array_equal(whole.top_classes, classes.numpy())
+    # No more classes than top_k: nothing is lost, every probability is kept.
+    np.testing.assert_allclose(cw.evaluate(model, x, y, top_k=10, progress=False).probabilities, expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("top_k", [0, -2, 2.5, "3"])
+def test_top_k_must_be_a_positive_int(digits, model, top_k):
+    x, y, _ = digits
+    with pytest.raises((ValueError, TypeError), match="top_k"):
+        cw.evaluate(model, x[:4], y[:4], top_k=top_k, progress=False)
+
+
 def test_per_class_accuracy_is_recall(evaluation, digits):
     _, y, _ = digits
     y = y.numpy()
@@ -353,7 +382,9 @@ def test_the_most_confused_pairs_are_the_largest_off_diagonal_cells():
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
     predictions = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1])
     confusion = confusion_matrix(labels, predictions, labels=range(3))
-    evaluation = data.Evaluation(labels, predictions, np.eye(3, dtype=np.float32)[predictions], confusion)
+    probabilities = np.eye(3, dtype=np.float32)[predictions]
+    top_classes = predictions[:, None].astype(np.int32)
+    evaluation = data.Evaluation(labels, predictions, probabilities, confusion, top_classes, np.ones((9, 1), np.float32))
     # By hand: 2 -> 0 three times, 0 -> 1 twice, then 1 -> 0 and 2 -> 1 once each (row-major order for ties).
     assert evaluation.most_confused(3) == [(2, 0, 3), (0, 1, 2), (1, 0, 1)]
     assert evaluation.most_confused(10) == [(2, 0, 3), (0, 1, 2), (1, 0, 1), (2, 1, 1)]

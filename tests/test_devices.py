@@ -75,7 +75,9 @@ def test_the_forward_of_a_model_on_another_device_is_given_its_input_there(name)
     model = small_cnn(ReportDevice(lambda device: seen.append(device))).to("meta")
     with pytest.raises(InputSeen):
         RUNS_MODEL[name](model)
-    assert seen and set(seen) == {torch.device("meta")}
+    # Tracing the fast copy (torch.fx) runs the forward on symbolic values first: only real inputs count.
+    devices = [device for device in seen if isinstance(device, torch.device)]
+    assert devices and set(devices) == {torch.device("meta")}
 
 
 CPU_RESULTS = {
