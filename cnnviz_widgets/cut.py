@@ -1,4 +1,4 @@
-"""The fast copy cut at a layer, for the CAM family.
+"""The fast copy cut at a layer: for the CAM family, and for the pass over a test set.
 
 A class activation map needs a layer's activations and the gradient of the class score with respect to them:
 a forward pass, and a backward pass from the score down to the layer only. Below the layer nothing needs
@@ -16,6 +16,9 @@ folded into it, so the layer's own output stays in the graph. The cut is checked
 shape against the replica run with a hook (the layer's output and the model's output, within
 ``fast.TOLERANCE``); a model that cannot be traced, or a cut that strays, gives None and the caller hooks
 the replica instead.
+
+The pass over a test set cuts at the input of the classifier, and runs both parts without autograd: the
+fast copy's forward pass, which gives the embeddings on the way.
 """
 
 from __future__ import annotations
@@ -36,89 +39,88 @@ from .probe import probe
 
 @dataclass
 class Cut:
-    """The replica's traced copy cut at one layer; call :meth:`run` with the replica's lock held."""
+    """The replica's traced copy cut at one layer's output or input; call :meth:`run` with the replica's lock
+    held, on an input of a shape :func:`layer_cut` checked."""
 
     below: fx.GraphModule
     above: fx.GraphModule
     key: tuple
-    memory_formats: tuple[torch.memory_format, ...] = ()
+    memory_formats: dict[tuple[int, ...], tuple[torch.memory_format, ...]] = field(default_factory=dict)
+    """The memory formats checked faithful, by input shape."""
 
     def run(self, replica: nn.Module, image: Tensor, differentiable: bool) -> tuple[Tensor, object]:
-        """The layer's output for ``image`` (a leaf that requires grad when ``differentiable``) and the
+        """The value at the cut for ``image`` (a leaf that requires grad when ``differentiable``) and the
         model's output, recorded from that leaf on."""
-        settings = candidates(self.memory_formats, (len(image),))
+        settings = candidates(self.memory_formats[tuple(image.shape)], (len(image),))
         chooser = tuner(replica, (self.key, tuple(image.shape), *settings), lambda: settings)
         setting = chooser.next()
         with torch.no_grad():
             values = chooser.timed(
                 setting, len(image), lambda: self.below(image.contiguous(memory_format=setting.memory_format))
             )
-        layer_output = values[0].requires_grad_(differentiable)
+        at_cut = values[0].requires_grad_(differentiable)
         with torch.set_grad_enabled(differentiable):
-            return layer_output, self.above(layer_output, *values[1:])
+            return at_cut, self.above(at_cut, *values[1:])
 
 
 @dataclass
 class _Cuts:
     weights: Hashable
-    by_layer: dict[str, Cut | None] = field(default_factory=dict)
-    checked: dict[tuple[str, tuple[int, ...]], bool] = field(default_factory=dict)
+    by_layer: dict[tuple[str, str], Cut | None] = field(default_factory=dict)
 
 
 _CUTS: "weakref.WeakKeyDictionary[nn.Module, _Cuts]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def layer_cut(replica: nn.Module, name: str, image: Tensor) -> Cut | None:
-    """The replica cut at the layer ``name``, checked on inputs shaped like ``image``; None when there is no
-    faithful cut (then hook the replica)."""
+def layer_cut(replica: nn.Module, name: str, image: Tensor, side: str = "output") -> Cut | None:
+    """The replica cut at the ``side`` ("output" or "input") of the layer ``name``, checked on inputs shaped
+    like ``image``; None when there is no faithful cut (then hook the replica). The input side is that of a
+    module called as one operation (a ``Linear``, a ``Conv2d``: the embeddings before a classifier)."""
     current = weights_state(replica)
     with _LOCK:
         cuts = _CUTS.get(replica)
         if cuts is None or cuts.weights != current:
             cuts = _CUTS[replica] = _Cuts(current)
-    if name not in cuts.by_layer:
+    if (name, side) not in cuts.by_layer:
         graph = traced(replica)
-        cuts.by_layer[name] = None if graph is None else _cut(graph, name)
-    cut = cuts.by_layer[name]
+        cuts.by_layer[name, side] = None if graph is None else _cut(graph, name, side)
+    cut = cuts.by_layer[name, side]
     if cut is None:
         return None
-    shape = (name, tuple(image.shape))
-    if shape not in cuts.checked:
-        formats = _faithful_formats(cut, replica, name, image)
-        cuts.checked[shape] = bool(formats)
-        cut.memory_formats = formats
-    return cut if cuts.checked[shape] else None
+    shape = tuple(image.shape)
+    if shape not in cut.memory_formats:
+        cut.memory_formats[shape] = _faithful_formats(cut, replica, name, side, image)
+    return cut if cut.memory_formats[shape] else None
 
 
-def _faithful_formats(cut: Cut, replica: nn.Module, name: str, image: Tensor) -> tuple[torch.memory_format, ...]:
+def _faithful_formats(cut: Cut, replica: nn.Module, name: str, side: str, image: Tensor) -> tuple[torch.memory_format, ...]:
     module = replica.get_submodule(name)
-    with probe(replica, outputs=[(name, module)]) as capture:
+    with probe(replica, **{f"{side}s": [(name, module)]}) as capture:
         expected_output = capture.run(image)
-    expected_layer = capture.outputs.get(name)
-    if not isinstance(expected_layer, Tensor):
+    expected = (capture.outputs if side == "output" else capture.inputs).get(name)
+    if not isinstance(expected, Tensor):
         return ()
     faithful = []
     for memory_format in (torch.contiguous_format, torch.channels_last):
         with torch.no_grad():
             values = cut.below(image.contiguous(memory_format=memory_format))
             output = cut.above(*values)
-        if outputs_close(values[0], expected_layer) and outputs_close(output, expected_output):
+        if outputs_close(values[0], expected) and outputs_close(output, expected_output):
             faithful.append(memory_format)
     return tuple(faithful)
 
 
-def _cut(traced_graph: fx.GraphModule, name: str) -> Cut | None:
+def _cut(traced_graph: fx.GraphModule, name: str, side: str) -> Cut | None:
     gm = fx.GraphModule(traced_graph, copy.deepcopy(traced_graph.graph))
-    nodes = list(gm.graph.nodes)
-    owned = [node for node in nodes if _computed_by(node, name)]
-    if not owned:
+    point = _cut_point(gm, name, side)
+    if point is None:
         return None
-    fold_batch_norms(gm, keep=owned[-1])
-    nodes = list(gm.graph.nodes)
-    layer = next((node for node in reversed(nodes) if _computed_by(node, name)), None)
+    fold_batch_norms(gm, keep=point)
+    layer = _cut_point(gm, name, side)
     if layer is None:
         return None
+    nodes = list(gm.graph.nodes)
     after = {layer}
     for node in nodes:
         if node.op != "output" and any(argument in after for argument in node.all_input_nodes):
@@ -137,7 +139,7 @@ def _cut(traced_graph: fx.GraphModule, name: str) -> Cut | None:
     above_nodes = [node for node in nodes if node in after and node is not layer or node.op == "output"]
     above_nodes = [node for node in nodes if node.op == "get_attr"] + above_nodes
     above = _subgraph(gm, above_nodes, crossing, None)
-    return Cut(below, above, ("cut", name))
+    return Cut(below, above, ("cut", name, side))
 
 
 def _subgraph(gm: fx.GraphModule, nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node] | None) -> fx.GraphModule:
@@ -155,6 +157,21 @@ def _subgraph(gm: fx.GraphModule, nodes: list[fx.Node], inputs: list[fx.Node], o
     module.graph.eliminate_dead_code()
     module.recompile()
     return module
+
+
+def _cut_point(gm: fx.GraphModule, name: str, side: str) -> fx.Node | None:
+    """The node whose value is the layer's output (the last the module computes, as a hook sees its last
+    call), or its input (the argument of a module called as one node)."""
+    owned = [node for node in gm.graph.nodes if _computed_by(node, name)]
+    if not owned:
+        return None
+    last = owned[-1]
+    if side == "output":
+        return last
+    argument = last.args[0] if last.args else None
+    if isinstance(argument, fx.Node) and not _computed_by(argument, name):
+        return argument
+    return None
 
 
 def _computed_by(node: fx.Node, name: str) -> bool:

@@ -104,7 +104,8 @@ def test_probabilities_are_softmax_of_logits(evaluation, digits, model):
     with torch.no_grad():
         expected = torch.softmax(model.eval()(x), dim=1).numpy()
     assert evaluation.probabilities.dtype == np.float32
-    np.testing.assert_allclose(evaluation.probabilities, expected, atol=1e-6)
+    # The pass runs on the fast copy (BatchNorm folded into the convolutions), which rounds differently.
+    np.testing.assert_allclose(evaluation.probabilities, expected, atol=1e-5)
 
 
 def test_top_k_keeps_each_images_most_probable_classes_only(digits, model):
@@ -115,18 +116,23 @@ def test_top_k_keeps_each_images_most_probable_classes_only(digits, model):
     top = cw.evaluate(model, x, y, top_k=3, progress=False)
     assert top.probabilities is None
     assert top.top_classes.shape == (100, 3) and top.top_probabilities.dtype == np.float32
-    values, classes = torch.sort(expected, dim=1, descending=True)
-    np.testing.assert_array_equal(top.top_classes, classes[:, :3].numpy())
-    np.testing.assert_allclose(top.top_probabilities, values[:, :3].numpy(), atol=1e-6)
-    np.testing.assert_allclose(top.confidence, expected.max(dim=1).values.numpy(), atol=1e-6)
+    # The pass runs on the fast copy, which rounds differently: classes of nearly equal probability may
+    # swap places, so each class listed is checked to carry its own probability, among the three largest.
+    values, _ = torch.sort(expected, dim=1, descending=True)
+    np.testing.assert_allclose(top.top_probabilities, values[:, :3].numpy(), atol=1e-5)
+    listed = torch.from_numpy(top.top_classes).long()
+    np.testing.assert_allclose(expected.gather(1, listed).numpy(), top.top_probabilities, atol=1e-5)
+    assert len(set(map(tuple, np.sort(top.top_classes, axis=1)))) > 1 and all(len(set(row)) == 3 for row in top.top_classes)
+    np.testing.assert_allclose(top.confidence, expected.max(dim=1).values.numpy(), atol=1e-5)
     whole = cw.evaluate(model, x, y, progress=False)
     np.testing.assert_array_equal(top.predictions, whole.predictions)
     np.testing.assert_array_equal(top.confusion, whole.confusion)
     np.testing.assert_array_equal(top.mistakes(), whole.mistakes())
     # The default keeps every probability and lists the 10 most probable (here: every one of 10 classes).
-    np.testing.assert_array_equal(whole.top_classes, classes.numpy())
+    assert whole.top_classes.shape == (100, 10)
+    np.testing.assert_allclose(np.take_along_axis(whole.probabilities, whole.top_classes.astype(np.int64), 1), whole.top_probabilities)
     # No more classes than top_k: nothing is lost, every probability is kept.
-    np.testing.assert_allclose(cw.evaluate(model, x, y, top_k=10, progress=False).probabilities, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(cw.evaluate(model, x, y, top_k=10, progress=False).probabilities, expected.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("top_k", [0, -2, 2.5, "3"])
