@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from captum.attr import LayerGradientXActivation
+from captum.attr import LayerActivation, LayerGradientXActivation
 from torch import nn
 
 import cnnviz_widgets as cw
@@ -129,3 +129,19 @@ def test_the_cut_follows_the_users_weights():
     expected = captum_map(model, x, "layer4")
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, expected, rtol=0, atol=1e-4 * float(expected.max()))
+
+
+@pytest.mark.parametrize("make_model, layer", [(resnet18, "fc"), (densenet121, "classifier"), (efficientnet, "_fc")])
+def test_the_cut_at_a_classifiers_input_gives_the_embeddings_and_the_logits(make_model, layer):
+    model = make_model()
+    batch = torch.rand(4, 3, 64, 80)
+    with borrow(model) as replica:
+        at_input = cut.layer_cut(replica, layer, batch, side="input")
+        assert at_input is not None
+        with torch.no_grad():
+            embeddings, logits = at_input.run(replica, batch, differentiable=False)
+    expected = LayerActivation(model, model.get_submodule(layer)).attribute(batch, attribute_to_layer_input=True)
+    with torch.no_grad():
+        expected_logits = model(batch)
+    torch.testing.assert_close(embeddings, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-4 * float(expected_logits.abs().max()))
