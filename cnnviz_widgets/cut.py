@@ -12,7 +12,7 @@ autograd, so the traced copy of :mod:`cnnviz_widgets.fast` is cut in two there:
 
 The layer's output is the last node of the graph that the layer's module computes (fx records each node's
 place in the module hierarchy; the last call, as a hook sees it). A BatchNorm right after the layer is not
-folded into it, so the layer's own output stays in the graph. The cut is checked on the first input of each
+folded into it, so the layer's own output stays in the graph. The cut is checked on the first image of each
 shape against the replica run with a hook (the layer's output and the model's output, within
 ``fast.TOLERANCE``); a model that cannot be traced, or a cut that strays, gives None and the caller hooks
 the replica instead.
@@ -46,12 +46,12 @@ class Cut:
     above: fx.GraphModule
     key: tuple
     memory_formats: dict[tuple[int, ...], tuple[torch.memory_format, ...]] = field(default_factory=dict)
-    """The memory formats checked faithful, by input shape."""
+    """The memory formats checked faithful, by the shape of one input ``(C, H, W)``."""
 
     def run(self, replica: nn.Module, image: Tensor, differentiable: bool) -> tuple[Tensor, object]:
         """The value at the cut for ``image`` (a leaf that requires grad when ``differentiable``) and the
         model's output, recorded from that leaf on."""
-        settings = candidates(self.memory_formats[tuple(image.shape)], (len(image),))
+        settings = candidates(self.memory_formats[tuple(image.shape[1:])], (len(image),))
         chooser = tuner(replica, (self.key, tuple(image.shape), *settings), lambda: settings)
         setting = chooser.next()
         with torch.no_grad():
@@ -88,9 +88,11 @@ def layer_cut(replica: nn.Module, name: str, image: Tensor, side: str = "output"
     cut = cuts.by_layer[name, side]
     if cut is None:
         return None
-    shape = tuple(image.shape)
+    # Checked on one image: the traced graph is the same for any batch (fx cannot trace a forward that
+    # branches on its input), and a batch of 16 would cost the pass over a test set a second before its start.
+    shape = tuple(image.shape[1:])
     if shape not in cut.memory_formats:
-        cut.memory_formats[shape] = _faithful_formats(cut, replica, name, side, image)
+        cut.memory_formats[shape] = _faithful_formats(cut, replica, name, side, image[:1])
     return cut if cut.memory_formats[shape] else None
 
 

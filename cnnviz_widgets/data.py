@@ -318,8 +318,9 @@ def evaluate_and_embed(
     """:func:`evaluate` and :func:`embed` at the default layer in one pass over the images: for a test set
     that takes minutes to read, the second pass would double the wait. Same arguments as :func:`evaluate`.
 
-    partial_every: seconds; every so often ``checkpoint(fraction_done, evaluation)`` also receives the
-        :class:`Evaluation` of the images read so far (the first ones), so that a view can fill in."""
+    partial_every: seconds; after the first batch, then every ``partial_every`` seconds,
+        ``checkpoint(fraction_done, evaluation)`` also receives the :class:`Evaluation` of the images read
+        so far (the first ones), so that a view can fill in."""
     if partial_every is not None and checkpoint is None:
         raise ValueError("partial_every: the evaluations so far go to checkpoint=, which is not given")
     return _classify(
@@ -341,7 +342,7 @@ def _classify(
     with borrow(model) as replica:
         device = model_device(replica)
         layer = None
-        last_partial = time.perf_counter()
+        last_partial = None
         for batch, batch_labels in _batches(source, "evaluate", progress, checkpoint):
             batch = batch.to(device)
             if embedding and layer is None:
@@ -354,7 +355,7 @@ def _classify(
                 if batch_labels is None:
                     raise ValueError("labels: not given, and the images carry none; pass labels=")
                 seen_labels.append(batch_labels.reshape(-1).cpu())
-            if partial_every is not None and time.perf_counter() - last_partial >= partial_every:
+            if partial_every is not None and (last_partial is None or time.perf_counter() - last_partial >= partial_every):
                 so_far = classified.evaluation(given if given is not None else torch.cat(seen_labels), so_far=True)
                 checkpoint(len(so_far.labels) / source.count if source.count else 0.0, so_far)
                 last_partial = time.perf_counter()

@@ -418,5 +418,9 @@ def test_a_pass_hands_out_the_evaluation_of_the_images_read_so_far(model, digits
         np.testing.assert_array_equal(so_far.confusion, confusion_matrix(y[:read], predictions[:read], labels=range(10)))
     np.testing.assert_array_equal(partials[-1].confusion, evaluation.confusion)
     assert fractions == [0.0, 0.32, 0.32, 0.64, 0.64, 0.96, 0.96, 1.0]
+    # The first batch is handed out at once, so that a view shows something; then every partial_every seconds.
+    partials.clear()
+    data.evaluate_and_embed(model, x, y, batch_size=32, progress=False, checkpoint=checkpoint, partial_every=3600)
+    assert [len(so_far.labels) for so_far in partials] == [32]
     with pytest.raises(ValueError, match="partial_every: the evaluations so far go to checkpoint="):
         data.evaluate_and_embed(model, x, y, progress=False, partial_every=1.0)
