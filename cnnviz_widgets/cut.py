@@ -74,8 +74,8 @@ _LOCK = threading.Lock()
 
 
 def layer_cut(replica: nn.Module, name: str, image: Tensor, side: str = "output") -> Cut | None:
-    """The replica cut at the ``side`` ("output" or "input") of the layer ``name``, checked on inputs shaped
-    like ``image``; None when there is no faithful cut (then hook the replica). The input side is that of a
+    """The replica cut at the ``side`` ("output" or "input") of the layer ``name``, for batches of images
+    shaped like ``image``'s; None when there is no faithful cut (then hook the replica). The input side is that of a
     module called as one operation (a ``Linear``, a ``Conv2d``: the embeddings before a classifier)."""
     current = weights_state(replica)
     with _LOCK:
@@ -119,26 +119,26 @@ def _cut(traced_graph: fx.GraphModule, name: str, side: str) -> Cut | None:
     if point is None:
         return None
     fold_batch_norms(gm, keep=point)
-    layer = _cut_point(gm, name, side)
-    if layer is None:
+    point = _cut_point(gm, name, side)
+    if point is None:
         return None
     nodes = list(gm.graph.nodes)
-    after = {layer}
+    after = {point}
     for node in nodes:
         if node.op != "output" and any(argument in after for argument in node.all_input_nodes):
             after.add(node)
-    # What the part above reads from below: the layer's output first, then e.g. a skip connection around it.
-    crossing = [layer] + [
+    # What the part above reads from below: the value at the cut first, then e.g. a skip connection around it.
+    crossing = [point] + [
         argument
         for node in nodes
-        if node in after and node is not layer or node.op == "output"
+        if node in after and node is not point or node.op == "output"
         for argument in node.all_input_nodes
         if argument not in after and argument.op != "get_attr"
     ]
     crossing = list(dict.fromkeys(crossing))
-    below_nodes = [node for node in nodes if (node not in after or node is layer) and node.op != "output"]
+    below_nodes = [node for node in nodes if (node not in after or node is point) and node.op != "output"]
     below = _subgraph(gm, below_nodes, [], crossing)
-    above_nodes = [node for node in nodes if node in after and node is not layer or node.op == "output"]
+    above_nodes = [node for node in nodes if node in after and node is not point or node.op == "output"]
     above_nodes = [node for node in nodes if node.op == "get_attr"] + above_nodes
     above = _subgraph(gm, above_nodes, crossing, None)
     return Cut(below, above, ("cut", name, side))
