@@ -1,7 +1,9 @@
 """Class activation maps: where, in a layer's maps, the evidence for a class lies.
 
 One pass serves the whole family: forward to get the layer's activations ``A`` and the class score,
-backward from the score down to the layer only (never to the input or the weights). A method of the
+backward from the score down to the layer only (never to the input or the weights). The pass runs on the
+fast copy cut at the layer (:mod:`cnnviz_widgets.cut`: below it without autograd, BatchNorm folded), or
+on the replica with a hook where there is no faithful cut. A method of the
 family is then one small function of that pass (a :class:`LayerPass`) that weighs ``A``'s channels, or
 its positions, into one map; the ReLU of that map is the CAM. Score-CAM weighs the channels by the score
 of the image seen through each of them and Eigen-CAM projects ``A`` on its first principal component:
@@ -19,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cut import layer_cut
 from ..fast import forwarder
 from ..inputs import check_image, check_int, check_model, check_positive_int, check_target
 from ..layers import resolve_layer
 from ..outputs import OutputToLogits, check_output, logits_of
-from ..cut import layer_cut
 from ..probe import model_lock, probe
 from ..replica import borrow
 from .feature_maps import layer_output
@@ -261,7 +263,7 @@ def layer_pass(
         return _hooked_layer_pass(model, image, name, target, contrast, output, method)
     with model_lock(model), torch.enable_grad():
         activations, model_output = cut.run(model, image, method.uses_gradients)
-        return _weighed(activations, logits_of(model_output, output), name, target, contrast, method)
+        return _with_gradients(activations, logits_of(model_output, output), name, target, contrast, method)
 
 
 def _hooked_layer_pass(model, image, name, target, contrast, output, method):
@@ -269,10 +271,11 @@ def _hooked_layer_pass(model, image, name, target, contrast, output, method):
     module = model.get_submodule(name)
     with probe(model, outputs=[(name, module)], differentiable=method.uses_gradients) as capture:
         logits = logits_of(capture.run(image), output)
-        return _weighed(layer_output(capture.outputs, name, module), logits, name, target, contrast, method)
+        return _with_gradients(layer_output(capture.outputs, name, module), logits, name, target, contrast, method)
 
 
-def _weighed(activations, logits, name, target, contrast, method):
+def _with_gradients(activations, logits, name, target, contrast, method):
+    """:func:`layer_pass`'s answer from the layer's activations and the logits computed from them."""
     explained = explained_score(target, contrast, logits.shape[1])
     if activations.dim() != 4:
         raise ValueError(
