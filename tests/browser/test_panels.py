@@ -8,6 +8,7 @@ change must show the picture of what was chosen, and the last of several quick c
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -37,13 +38,45 @@ PICTURE_DIGEST = """async (picture) => {
     return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }"""
 
-# Kernel code printing the SHA-256 of the Grad-CAM overlay that ``panel`` should show on the left, computed by
-# the public function, not by the panel.
-GRAD_CAM_DIGEST = """import hashlib
+BLOCK = 8
+# A picture's mean colour over each BLOCK x BLOCK square, as the browser decoded it. The maps are computed on
+# the fast copy, whose first calls try memory formats and thread counts that round differently: two
+# computations of one map can differ in a few pixels by one colormap step, never a whole block.
+PICTURE_BLOCKS = """async (picture) => {
+    const image = new Image();
+    image.src = picture.src;
+    await image.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const { data, width, height } = context.getImageData(0, 0, canvas.width, canvas.height);
+    const block = %d, rows = Math.floor(height / block), columns = Math.floor(width / block);
+    const means = new Array(rows * columns * 3).fill(0);
+    for (let y = 0; y < rows * block; y++) {
+        for (let x = 0; x < columns * block; x++) {
+            const cell = (Math.floor(y / block) * columns + Math.floor(x / block)) * 3;
+            for (let c = 0; c < 3; c++) means[cell + c] += data[(y * width + x) * 4 + c] / (block * block);
+        }
+    }
+    return means;
+}""" % BLOCK
+BLOCK_TOLERANCE = 2.0
+"""Largest difference of a block's mean colour, in levels of 255, between the picture shown and the expected one."""
+
+# Kernel code printing the block means of the Grad-CAM overlay that ``panel`` should show on the left, for
+# image ``image``, computed by the public function, not by the panel.
+GRAD_CAM_BLOCKS = """import json
+import numpy as np
 panel = {panel}
-view = panel.session.view(panel.image)
-cam = cw.grad_cam(panel.session.model, panel.session.input(panel.image), panel.layer, panel.target)
-print(hashlib.sha256(cw.render.to_png(cw.render.overlay(view, cam, panel.opacity.value, panel.cmap.value))).hexdigest())"""
+image = {image}
+view = panel.session.view(image)
+cam = cw.grad_cam(panel.session.model, panel.session.input(image), panel.layer, panel.target)
+picture = np.asarray(cw.render.overlay(view, cam, panel.opacity.value, panel.cmap.value), dtype=np.float64)[..., :3]
+rows, columns = picture.shape[0] // {block}, picture.shape[1] // {block}
+blocks = picture[: rows * {block}, : columns * {block}].reshape(rows, {block}, columns, {block}, 3).mean(axis=(1, 3))
+print(json.dumps(blocks.ravel().tolist()))"""
 
 # Count the pictures ``picture`` shows (each change of its src) and keep each caption ``label`` takes.
 RECORD_PICTURES_AND_CAPTIONS = """([picture, label]) => {
@@ -86,14 +119,31 @@ def assert_shows_soon(picture, digest: str, what: str, timeout_s: float = 30.0) 
         time.sleep(0.25)
 
 
+def assert_shows_soon_about(picture, expected_blocks: list[float], what: str, timeout_s: float = 30.0) -> None:
+    """The picture shown comes to match ``expected_blocks`` (see ``PICTURE_BLOCKS``) within ``BLOCK_TOLERANCE``."""
+    expected = np.asarray(expected_blocks)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shown = np.asarray(picture.evaluate(PICTURE_BLOCKS))
+        difference = float(np.abs(shown - expected).max()) if shown.shape == expected.shape else float("inf")
+        if difference <= BLOCK_TOLERANCE:
+            return
+        assert time.monotonic() < deadline, f"the picture shown is not {what} (a block differs by {difference:.1f})"
+        time.sleep(0.25)
+
+
+def grad_cam_blocks(notebook, panel: str, image: str) -> list[float]:
+    return json.loads(notebook.kernel_eval(GRAD_CAM_BLOCKS.format(panel=panel, image=image, block=BLOCK)).strip())
+
+
 def assert_grad_cam_of_the_chosen_class(notebook, panel, select, index: int) -> None:
     """The kernel's class is option ``index``; the left picture is its Grad-CAM, labelled with the option's text."""
     value, text = select.evaluate("(s, i) => [s.options[i].value, s.options[i].textContent]", index)
     # ipywidgets writes an option's spaces as no-break spaces, so that the browser keeps them all.
     text = text.replace("\xa0", " ")
     assert notebook.kernel_eval("dashboard.grad_cam.class_chooser.index") == str(index)
-    expected = notebook.kernel_eval(GRAD_CAM_DIGEST.format(panel="dashboard.grad_cam")).strip()
-    assert_shows_soon(panel.locator(".cnnviz-grad-cam-left"), expected, f"the Grad-CAM of option {index} ({text})")
+    expected = grad_cam_blocks(notebook, "dashboard.grad_cam", "dashboard.grad_cam.image")
+    assert_shows_soon_about(panel.locator(".cnnviz-grad-cam-left"), expected, f"the Grad-CAM of option {index} ({text})")
     label = panel.locator(".cnnviz-grad-cam-left").locator("xpath=..").locator(".widget-html").first
     assert label.inner_text().splitlines()[0] == text, f"option {value}: the label says {label.inner_text()!r}"
 
@@ -258,14 +308,8 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
 
     panel = show_tab(dashboard, "Grad-CAM")
     wait_until_drawn(panel)
-    expected = notebook.kernel_eval(
-        "import hashlib\n"
-        "panel = digits.grad_cam\n"
-        f"view = panel.session.view({hovered})\n"
-        f"cam = cw.grad_cam(panel.session.model, panel.session.input({hovered}), panel.layer, panel.target)\n"
-        "hashlib.sha256(cw.render.to_png(cw.render.overlay(view, cam, 0.5, 'jet'))).hexdigest()"
-    ).strip("'")
-    assert_shows_soon(panel.locator(".cnnviz-grad-cam-left"), expected, "the Grad-CAM of the chosen point's image")
+    expected = grad_cam_blocks(notebook, "digits.grad_cam", str(hovered))
+    assert_shows_soon_about(panel.locator(".cnnviz-grad-cam-left"), expected, "the Grad-CAM of the chosen point's image")
     notebook.screenshot("panel-grad-cam-digits", panel)
     assert f"image <b>{hovered}</b>" in panel.inner_html()
 
