@@ -32,7 +32,7 @@ from typing import Hashable
 import torch
 from torch import Tensor, fx, nn
 
-from .fast import outputs_close, candidates, fold_batch_norms, traced, tuner
+from .fast import MEMORY_FORMATS, candidates, fold_batch_norms, outputs_close, traced, tuner
 from .replica import weights_state
 from .probe import probe
 
@@ -104,7 +104,7 @@ def _faithful_formats(cut: Cut, replica: nn.Module, name: str, side: str, image:
     if not isinstance(expected, Tensor):
         return ()
     faithful = []
-    for memory_format in (torch.contiguous_format, torch.channels_last):
+    for memory_format in MEMORY_FORMATS:
         with torch.no_grad():
             values = cut.below(image.contiguous(memory_format=memory_format))
             output = cut.above(*values)
