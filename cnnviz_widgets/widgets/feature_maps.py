@@ -8,11 +8,9 @@ import traitlets
 from .. import render
 from . import drawing
 from .base import ImagePicker, LayerChooser, Panel
-from ..session import LRUCache
 from .picture import ClickablePicture
 
 MAPS_PER_PAGE = 64
-RENDERED_GRIDS = 128
 
 
 class FeatureMapPanel(Panel):
@@ -43,7 +41,6 @@ class FeatureMapPanel(Panel):
         self.grid.add_class("cnnviz-feature-grid")
         self.zoomed.add_class("cnnviz-feature-zoom")
         self.grid_label = widgets.HTML()
-        self._pictures = LRUCache(RENDERED_GRIDS)
         self._png = b""
         self._shown: tuple | None = None
         self.maps = None
@@ -109,7 +106,7 @@ class FeatureMapPanel(Panel):
                 "range": (float(single.min()), float(single.max())),
             }
 
-        return self._pictures.get((self.session.generation, *key), compute)
+        return self.session.cached("pictures", ("feature maps", *key), compute)
 
     def _show(self, result) -> None:
         image, _, scaling, cmap, _, _ = result["key"]

@@ -9,12 +9,9 @@ import traitlets
 from .. import render
 from . import drawing
 from .base import COLORMAPS, ClassChooser, ImagePicker, LayerChooser, Panel, shows_errors
-from ..session import LRUCache
 
 # Grad-CAMs of this many most probable classes are computed ahead, so switching among them is instant.
 PREFETCH_CLASSES = 10
-# Rendered overlays kept (a 224 px one is about 250 KB with its PNG): every top class at a few settings.
-RENDERED_VIEWS = 128
 PICTURE_LAYOUT = dict(width="280px", height="280px", object_fit="contain")
 
 
@@ -28,7 +25,6 @@ class _ClassPanel(Panel):
         self.picker = ImagePicker(self.session)
         self.layer_chooser = LayerChooser(self.session)
         self.class_chooser = ClassChooser(self.session, description="class")
-        self._rendered = LRUCache(RENDERED_VIEWS)
         self._pictures: list[np.ndarray] = []
 
     def _link_common(self) -> None:
@@ -120,7 +116,7 @@ class GradCAMPanel(_ClassPanel):
             picture = render.overlay(self.session.view(image), cam, alpha=opacity, cmap=cmap)
             return render.to_png(picture), picture
 
-        return self._rendered.get((self.session.generation, image, layer, target, opacity, cmap, contrast), compute)
+        return self.session.cached("pictures", ("grad-cam overlay", image, layer, target, opacity, cmap, contrast), compute)
 
     def _render(self, key):
         image, layer, target, second, opacity, cmap, contrastive = key
@@ -193,7 +189,7 @@ class GuidedBackpropPanel(_ClassPanel):
             pictures = [view, guided, guided_cam]
             return key, [render.to_png(picture) for picture in pictures], pictures
 
-        return self._rendered.get((self.session.generation, *key), compute)
+        return self.session.cached("pictures", ("guided backprop", *key), compute)
 
     def _show(self, result) -> None:
         key, pngs, pictures = result

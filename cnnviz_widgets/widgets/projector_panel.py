@@ -19,7 +19,6 @@ import traitlets
 from .. import render
 from ..neighbours import NEIGHBOURS, nearest
 from ..projection_process import TSNE_ITERATIONS, ProjectionProcess
-from ..session import LRUCache
 from . import drawing
 from .base import Panel
 from .picture import ClickablePicture
@@ -104,7 +103,6 @@ class ProjectorPanel(Panel):
             slot.on_point(lambda x, y, kind, position=position: self._neighbour_clicked(position))
         neighbour_row = widgets.HBox(self.neighbour_cards, layout=widgets.Layout(flex_flow="row wrap"))
         neighbour_row.add_class("cnnviz-neighbours")
-        self._projections = LRUCache(16)
         self._projector = ProjectionProcess()
         self._view: _View | None = None
         self._stopped = False
@@ -160,7 +158,7 @@ class ProjectorPanel(Panel):
                 raise
             return _View(key, points, predictions, embeddings)
 
-        return self._projections.get((self.session.generation, *key), compute)
+        return self.session.cached("projections", key, compute)
 
     def _show(self, view: _View) -> None:
         shown, self._view = self._view, view
