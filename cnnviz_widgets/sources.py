@@ -23,11 +23,14 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from . import identity as identities
 from .render import to_picture
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DECODED_PICTURES = 256
 """Pictures kept decoded: a gallery page, a picker page and the pictures the panels show, many times over."""
+MADE_WITH = ("loader", "transform", "target_transform", "transforms")
+"""The attributes with which a torchvision Dataset makes its items out of its files."""
 
 
 def default_preprocess(picture: Image.Image) -> Tensor:
@@ -51,10 +54,11 @@ class PictureSource(Sequence):
     class_names: the names of those classes (a folder's subfolders), or None.
     """
 
-    def __init__(self, names: list[str], load, labels=None, class_names=None, identity=None):
+    def __init__(self, names: list[str], load, labels=None, class_names=None, identity=None, uncertain_reason=None):
         self.names = names
         self._load = load
         self._identity = identity
+        self._uncertain_reason = uncertain_reason
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.class_names = class_names
         self._decoded: OrderedDict[int, Image.Image] = OrderedDict()
@@ -65,8 +69,15 @@ class PictureSource(Sequence):
 
     def identity(self) -> bytes | None:
         """What tells these pictures apart from any other list (for the disk cache): files' paths, sizes and
-        modification times, or in-memory pixels; None when it cannot be known cheaply (a Dataset's items)."""
+        modification times, or in-memory pixels, and a Dataset's class and transforms; None when it cannot be
+        known exactly and cheaply (a Dataset that lists no files, a random transform)."""
         return None if self._identity is None else self._identity()
+
+    def uncertain_reason(self) -> str | None:
+        """Why :meth:`identity` is None, in words for the user; None when the pictures are identified."""
+        if self._identity is None:
+            return "images: the pictures cannot be identified without reading them all (a Dataset that lists no files)"
+        return None if self._uncertain_reason is None else self._uncertain_reason()
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -170,11 +181,28 @@ def _dataset_source(dataset: Dataset) -> PictureSource:
         return _picture(item[0] if isinstance(item, (tuple, list)) else item, f"item {index} of the Dataset")
 
     samples = getattr(dataset, "samples", None)
-    identity = None
+    identity = uncertain_reason = None
     if samples is not None and len(samples) == count:
-        # ImageFolder and its kin list their files: the files identify the pictures, as for a folder.
-        identity = _files([os.path.abspath(path) for path, *_ in samples], [str(i) for i in range(count)]).identity
-    return PictureSource([str(i) for i in range(count)], load, labels, list(classes) if classes is not None else None, identity)
+        # ImageFolder and its kin list their files: the files identify the pictures, as for a folder, with the
+        # Dataset's class and the transforms that make its items out of them (another Resize, other pictures).
+        files = _files([os.path.abspath(path) for path, *_ in samples], [str(i) for i in range(count)]).identity
+
+        def making() -> dict:
+            """What makes the items, by the name the user knows it by; read when asked, as the user may
+            have set another transform since."""
+            made_with = {f"images.{name}": getattr(dataset, name) for name in MADE_WITH if hasattr(dataset, name)}
+            return {"type(images)": type(dataset), **made_with}
+
+        def identity() -> bytes | None:
+            made = identities.digest(making())
+            return None if made is None else files() + made
+
+        def uncertain_reason() -> str | None:
+            reasons = (identities.uncertain_reason(part, name) for name, part in making().items())
+            return next((reason for reason in reasons if reason is not None), None)
+
+    class_names = list(classes) if classes is not None else None
+    return PictureSource([str(i) for i in range(count)], load, labels, class_names, identity, uncertain_reason)
 
 
 def picture_source(images) -> PictureSource:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 
 import numpy as np
@@ -99,6 +101,36 @@ def test_file_lists_and_datasets_of_pictures(digit_folder):
         sources.picture_source(empty)
     with pytest.raises(ValueError, match="is not a folder"):
         sources.picture_source(empty / "missing")
+
+
+def test_a_datasets_transforms_are_part_of_its_identity(digit_folder):
+    root, _, _ = digit_folder
+    ImageFolder, T = torchvision.datasets.ImageFolder, torchvision.transforms
+
+    def identity(**made_with) -> bytes | None:
+        return sources.picture_source(ImageFolder(root, **made_with)).identity()
+
+    assert identity(transform=T.Resize(8)) != identity(transform=T.Resize(12))
+    assert identity(transform=T.Resize(8)) == identity(transform=T.Resize(8)) != identity()
+    shifted = {"transform": T.Resize(8), "target_transform": functools.partial(operator.add, 1)}
+    assert identity(**shifted) != identity(transform=T.Resize(8), target_transform=functools.partial(operator.add, 2))
+    # The transform is read when the identity is asked for: the user may have set another one meanwhile.
+    dataset = ImageFolder(root, transform=T.Resize(8))
+    source = sources.picture_source(dataset)
+    before = source.identity()
+    dataset.transform = T.Resize(12)
+    assert source.identity() not in (before, None)
+    assert source.uncertain_reason() is None
+
+
+def test_a_dataset_with_a_random_transform_has_no_identity(digit_folder):
+    root, _, _ = digit_folder
+    T = torchvision.transforms
+    source = sources.picture_source(torchvision.datasets.ImageFolder(root, transform=T.Compose([T.Resize(12), T.RandomCrop(8)])))
+    assert source.identity() is None
+    assert source.uncertain_reason().startswith(
+        "images.transform.transforms[1]: a torchvision.transforms.transforms.RandomCrop draws random numbers on each call"
+    )
 
 
 def test_a_dashboard_on_a_folder_agrees_with_evaluate(digit_folder):
