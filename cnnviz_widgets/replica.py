@@ -304,6 +304,8 @@ class Replicas:
         The listener is held weakly (see :class:`Listeners`). One thread watches the model, whoever listens;
         it ends when its last listener is gone or the model is collected."""
         self._listeners.add(listener)
+        # The weights of now are the ones the listener knows: a change made before the first look is a change.
+        self.check()
         with self._lock:
             if self._watcher is None:
                 self._watcher = threading.Thread(target=self._watch, name="cnnviz-weights-watch", daemon=True)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import cnnviz_widgets as cw
 from cnnviz_widgets import render
@@ -91,3 +92,21 @@ def test_save_writes_the_grid_as_png(digits, tmp_path, monkeypatch):
     panel.save_button.click()
     assert "saved to" in panel.saved.value
     np.testing.assert_array_equal(pixels((tmp_path / "feature-maps-0.png").read_bytes()), expected)
+
+
+def test_a_repaint_after_the_weights_changed_never_shows_maps_of_the_old_weights():
+    # A model of its own: the training below must not reach the other tests' shared digits model.
+    x, _, names = cw.demo.digits("test")
+    model, pictures = cw.demo.digits_model(), cw.demo.digit_pictures(x[:4])
+    digits = (model, pictures, None, names)
+    panel = settled(panel_of(cw.FeatureMapPanel, digits))
+    old = pixels(panel.grid.value)
+    # A training step: the watcher has not looked yet when the panel repaints.
+    with torch.no_grad():
+        model.features.conv1.weight.mul_(-1.0)
+    panel.refresh()
+    settled(panel)
+    _, grid = expected_grid(model, digits, 0, "features.conv1")
+    assert not np.array_equal(grid, old)
+    np.testing.assert_array_equal(pixels(panel.grid.value), grid)
+    panel.close()
