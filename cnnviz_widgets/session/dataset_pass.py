@@ -17,6 +17,7 @@ import torch
 from ..cache import DiskCache, callable_digest, weights_digest
 from ..cache import key as cache_key
 from ..data import Evaluation, evaluate_and_embed
+from ..identity import uncertain_reason
 from ..replica import VIEWS, WORK
 
 # Images per batch of the pass over a test set. Activations that stay in the CPU's caches beat large
@@ -79,12 +80,12 @@ class DatasetPass:
         else:
             pictures = session.pictures.identity()
             if pictures is None:
-                self.not_kept = "the pictures cannot be identified (a Dataset whose items or transform cannot be told apart)"
+                self.not_kept = session.pictures.uncertain_reason()
                 return None
         preprocess, output = callable_digest(session.preprocess), callable_digest(session.output)
         for digest, what in ((preprocess, "preprocess"), (output, "output")):
             if digest is None:
-                self.not_kept = f"{what}: {type(getattr(session, what)).__name__} cannot be identified for sure"
+                self.not_kept = uncertain_reason(getattr(session, what), what)
                 return None
         with session.replicas.borrow(VIEWS) as replica:
             weights = weights_digest(replica)

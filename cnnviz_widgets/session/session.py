@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..cache import DiskCache, LRUCache, check_cache
+from ..cache import DiskCache, LRUCache, check_cache, check_cache_size
 from ..fast import forwarder
 from ..inputs import check_model, input_channels, model_device
 from ..layers import called_layers, heatmap_layer, is_conv, resolve_layer
@@ -70,9 +70,14 @@ class Session(MethodCalls):
     output: a callable from the model's output to its logits (see :mod:`cnnviz_widgets.outputs`).
     cache: where the pass over every image keeps its results (predictions, probabilities, embeddings):
         None for the platform's user cache folder, a folder path, or False for no disk cache.
+    cache_size: the most the cache folder keeps, in bytes or as a string such as ``"500MB"`` or ``"2GB"``;
+        None reads the ``CNNVIZ_CACHE_SIZE`` environment variable, else 2 GB. The least recently used
+        entries go first.
     """
 
-    def __init__(self, model, images, preprocess=None, class_names=None, labels=None, output=None, cache=None):
+    def __init__(
+        self, model, images, preprocess=None, class_names=None, labels=None, output=None, cache=None, cache_size=None
+    ):
         self.model = check_model(model)
         self.output = check_output(output)
         if preprocess is not None and not callable(preprocess):
@@ -86,7 +91,8 @@ class Session(MethodCalls):
         if self.labels is not None and len(self.labels) != len(self.pictures):
             raise ValueError(f"labels: {len(self.labels)} labels for {len(self.pictures)} images; give one per image")
         folder = check_cache(cache)
-        self.dataset_pass = DatasetPass(self, None if folder is None else DiskCache(folder))
+        size = check_cache_size(cache_size)
+        self.dataset_pass = DatasetPass(self, None if folder is None else DiskCache(folder, size))
         self.replicas = replicas_of(model)
         self._generation = self.replicas.check()
         self._caches = {name: LRUCache(entries) for name, entries in CACHE_ENTRIES.items()}

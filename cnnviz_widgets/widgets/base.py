@@ -213,6 +213,7 @@ class Panel(widgets.VBox):
         *,
         output=None,
         cache=None,
+        cache_size=None,
         session=None,
         active=True,
     ):
@@ -221,7 +222,8 @@ class Panel(widgets.VBox):
             if model is None or images is None:
                 raise TypeError(f"{type(self).__name__}: give a model and images (or a shared session=)")
             session = Session(
-                model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output, cache=cache
+                model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output, cache=cache,
+                cache_size=cache_size,
             )
         self.session = session
         self.message = widgets.HTML(layout=widgets.Layout(display="none"))
@@ -241,6 +243,7 @@ class Panel(widgets.VBox):
         self._active = active
         self._deferred_view = None
         self._deferred_long = None
+        self._said_not_kept = False
         header = widgets.HTML(
             f"<div style='font-size:14px'><b>{drawing.escape(self.title)}</b> — {drawing.escape(self.caption)}</div>"
         )
@@ -260,6 +263,22 @@ class Panel(widgets.VBox):
         )
         self.note.layout.display = "block"
         self.recompute()
+
+    def _then_say_not_kept(self, apply):
+        """``apply``, then, once per panel, why the pass's results are not kept on disk if they are not."""
+
+        def applied(result) -> None:
+            apply(result)
+            reason = self.session.dataset_pass.not_kept
+            if reason is not None and not self._said_not_kept:
+                self._said_not_kept = True
+                self.note.value = (
+                    "<div class='cnnviz-note' style='background:#fff8e1;color:#6d4c00;padding:4px 10px;font-size:12px'>"
+                    f"the results of the pass over the images are not kept on disk: {drawing.escape(reason)}</div>"
+                )
+                self.note.layout.display = "block"
+
+        return applied
 
     def recompute(self) -> None:
         """Compute again everything shown (after the model changed)."""
@@ -340,7 +359,7 @@ class Panel(widgets.VBox):
             return
         self.clear_error()
         self.task_bar.running(text, count)
-        self.long_runner.submit(work, lambda result: self._apply(apply, result))
+        self.long_runner.submit(work, lambda result: self._apply(self._then_say_not_kept(apply), result))
 
     def set_active(self, active: bool) -> None:
         """Whether the panel is on screen; a panel shown again runs the work it put off."""

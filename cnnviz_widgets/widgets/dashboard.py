@@ -24,9 +24,12 @@ class Dashboard(widgets.VBox):
     target = traitlets.Int(0, help="the class explained, shared by Grad-CAM, guided backprop and occlusion")
     layer = traitlets.Unicode(help="the conv layer Grad-CAM and guided Grad-CAM explain (feature maps and filters keep their own)")
 
-    def __init__(self, model, images, labels=None, class_names=None, preprocess=None, *, output=None, cache=None):
+    def __init__(
+        self, model, images, labels=None, class_names=None, preprocess=None, *, output=None, cache=None, cache_size=None
+    ):
         self.session = Session(
-            model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output, cache=cache
+            model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output, cache=cache,
+            cache_size=cache_size,
         )
         shared = dict(session=self.session, active=False)
         self.panels = {}
@@ -135,7 +138,9 @@ class Dashboard(widgets.VBox):
         return all(panel.wait_prefetched(timeout) for panel in self.panels.values())
 
 
-def explore(model, images, labels=None, class_names=None, preprocess=None, *, output=None, cache=None) -> Dashboard:
+def explore(
+    model, images, labels=None, class_names=None, preprocess=None, *, output=None, cache=None, cache_size=None
+) -> Dashboard:
     """Every view of ``model`` on ``images`` in one dashboard (see :class:`Dashboard`).
 
     images: pictures (PIL images or uint8 arrays, a list or a ``{name: picture}`` dict) or a tensor
@@ -144,10 +149,15 @@ def explore(model, images, labels=None, class_names=None, preprocess=None, *, ou
         output: a callable from the model's output to its logits, for models returning something else
         than a tensor, a tuple or an object with ``.logits``;
         cache: where the pass over every image keeps its results — None for the user cache folder, a
-        folder, or False for none; reopening a dashboard on the same model and pictures reads them back.
+        folder, or False for none; reopening a dashboard on the same model and pictures reads them back;
+        cache_size: the most that folder keeps ("2GB" by default, or the CNNVIZ_CACHE_SIZE environment
+        variable), the least recently used results going first.
     images may also be a folder (labels from its class subfolders), a list of file paths or a Dataset of
     pictures: pictures are read when needed, and the model reads the set once.
     The dashboard computes on a private replica of the model: the model itself is never touched, and
     when its weights change (the user trains it) the views are recomputed.
     """
-    return Dashboard(model, images, labels=labels, class_names=class_names, preprocess=preprocess, output=output, cache=cache)
+    return Dashboard(
+        model, images, labels=labels, class_names=class_names, preprocess=preprocess, output=output, cache=cache,
+        cache_size=cache_size,
+    )

@@ -187,3 +187,19 @@ def test_the_matrix_and_the_gallery_fill_in_while_the_pass_reads_the_images(digi
     for count, confusion in zip(read, [c for text, c in zip(summaries, confusions) if "so far" in text]):
         np.testing.assert_array_equal(confusion, confusion_matrix(labels[:count], predictions[:count], labels=range(10)))
     np.testing.assert_array_equal(panel.matrix.confusion, confusion_matrix(labels, predictions, labels=range(10)))
+
+
+def test_a_random_preprocessing_keeps_nothing_on_disk_and_the_panel_says_why(tmp_path):
+    import torchvision.transforms as T
+
+    model, pictures, labels, names = confused_digits()
+    random_crop = T.Compose([T.Grayscale(), T.RandomResizedCrop(32, scale=(0.9, 1.0)), T.ToTensor()])
+    panel = settled(cw.MistakesPanel(model, pictures, random_crop, names, labels=labels, cache=tmp_path, cache_size="1MB"))
+    assert panel.evaluation is not None
+    assert list(tmp_path.glob("pass-*")) == []
+    assert "not kept on disk" in panel.note.value and "RandomResizedCrop" in panel.note.value
+    panel.close()
+
+    kept = settled(cw.MistakesPanel(model, pictures, cw.demo.digits_preprocess, names, labels=labels, cache=tmp_path))
+    assert len(list(tmp_path.glob("pass-*.npz"))) == 1 and "not kept" not in kept.note.value
+    kept.close()
