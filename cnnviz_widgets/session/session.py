@@ -172,6 +172,12 @@ class Session(MethodCalls):
         self._listeners.add(listener)
         self.replicas.watch(self._weights_changed)
 
+    def unwatch(self, listener: Callable[[int], None]) -> None:
+        """Stop telling ``listener``; the session stops listening to the model once nobody listens to it."""
+        self._listeners.discard(listener)
+        if not self._listeners.alive():
+            self.replicas.unwatch(self._weights_changed)
+
     def _weights_changed(self, generation: int) -> None:
         self._follow(generation)
         self._listeners.notify(generation)

@@ -7,6 +7,7 @@ import traitlets
 
 from . import drawing
 from ..session import Session
+from .presence import Presence
 from .feature_maps import FeatureMapPanel
 from .compare import ComparePanel
 from .filters import FiltersPanel
@@ -44,7 +45,9 @@ class Dashboard(widgets.VBox):
         self.panels["Compare"] = ComparePanel(**shared)
         self.tabs = widgets.Tab(children=list(self.panels.values()), titles=list(self.panels))
         self.current = widgets.HTML()
-        super().__init__([self.current, self.tabs])
+        self.presence = Presence(self._gone, self._back)
+        self._paused_at = 0
+        super().__init__([self.current, self.tabs, self.presence])
         self.add_class("cnnviz-dashboard")
         self.layer = self.session.heatmap_layer()
         for panel in self.panels.values():
@@ -89,6 +92,21 @@ class Dashboard(widgets.VBox):
             panel.weights_changed(generation)
         self._describe()
 
+    def _gone(self) -> None:
+        """Nobody sees the dashboard any more: stop following the model, stop every panel's work."""
+        self.session.unwatch(self._weights_changed)
+        self._paused_at = self.session.generation
+        for panel in self.panels.values():
+            panel.pause()
+
+    def _back(self) -> None:
+        """Shown again: follow the model again, and recompute what changed meanwhile."""
+        self.session.watch(self._weights_changed)
+        self._tab_shown(None)
+        self.session.sync()
+        if self.session.generation != self._paused_at:
+            self._weights_changed(self.session.generation)
+
     def close(self) -> None:
         """Stop every panel's threads and child processes, free the caches, close the widgets."""
         # A dashboard whose construction failed (bad input) is closed by the garbage collector: close what exists.
@@ -96,6 +114,8 @@ class Dashboard(widgets.VBox):
             panel.close()
         if hasattr(self, "session"):
             self.session.close()
+        if hasattr(self, "presence"):
+            self.presence.close()
         super().close()
 
     @property

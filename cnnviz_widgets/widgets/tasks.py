@@ -3,7 +3,8 @@
 The kernel handles widget messages on its main thread; a Grad-CAM or an occlusion map computed there would
 freeze every slider until it is done. Each panel owns one :class:`TaskRunner`: a single worker thread that
 always takes the newest request. A request that arrives while an older one runs marks the older one
-superseded; the older one stops at its next checkpoint and its result is never shown.
+superseded; the older one stops at its next checkpoint and its result is never shown. A task's
+:meth:`Task.checkpoint` is the protocol of :mod:`cnnviz_widgets.checkpoint`: hand it to any long method.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from ..checkpoint import Cancelled
+
+__all__ = ["Cancelled", "Task", "TaskRunner"]
+
 JOIN_SECONDS = 5.0
-
-
-class Cancelled(Exception):
-    """Raised at a checkpoint of a task that was cancelled or superseded by a newer request."""
 
 
 class Task:
@@ -60,6 +61,7 @@ class TaskRunner:
         self._current: Task | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._retiring = False
         self.finished = 0
 
     def submit(self, work: Callable[[Task], Any], apply: Callable[[Any], None]) -> Task:
@@ -73,6 +75,7 @@ class TaskRunner:
             if self._current is not None:
                 self._current.cancel()
             self._pending = task
+            self._retiring = False
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="cnnviz-panel-task", daemon=True)
                 self._thread.start()
@@ -86,6 +89,17 @@ class TaskRunner:
                 if task is not None:
                     task.cancel()
             self._pending = None
+
+    def retire(self) -> None:
+        """Stop the running task, drop the queued one and end the worker thread now, without waiting for it
+        to idle out; a later :meth:`submit` starts a new one (a dashboard nobody sees any more)."""
+        with self._condition:
+            for task in (self._pending, self._current):
+                if task is not None:
+                    task.cancel()
+            self._pending = None
+            self._retiring = True
+            self._condition.notify_all()
 
     def close(self) -> None:
         """Stop the running task, drop the queued one and end the worker thread (waits for it to go)."""
@@ -120,9 +134,9 @@ class TaskRunner:
         while True:
             with self._condition:
                 # Idle workers exit; the next submit starts a fresh one, so panels that are closed cost nothing.
-                if not self._condition.wait_for(lambda: self._pending is not None or self._closed, timeout=30.0) or (
-                    self._closed and self._pending is None
-                ):
+                if not self._condition.wait_for(
+                    lambda: self._pending is not None or self._closed or self._retiring, timeout=30.0
+                ) or ((self._closed or self._retiring) and self._pending is None):
                     self._thread = None
                     self._condition.notify_all()
                     return
