@@ -96,7 +96,7 @@ class _Images:
     tensors, or pictures — a folder, file paths, a list or dict, a Dataset of pictures — which
     ``preprocess`` turns into model inputs as each batch is read."""
 
-    def __init__(self, images, batch_size: int, preprocess=None):
+    def __init__(self, images, batch_size: int, preprocess=None, on_pictures=None):
         self.batch_size = batch_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = torch.from_numpy(images)
@@ -104,7 +104,7 @@ class _Images:
             source = picture_source(images)
             self.count = len(source)
             self.batches = len(range(0, self.count, batch_size))
-            self._iterate = lambda: self._picture_batches(source, preprocess or default_preprocess)
+            self._iterate = lambda: self._picture_batches(source, preprocess or default_preprocess, on_pictures)
         elif isinstance(images, Tensor):
             _check_image_batch(images)
             self.count = len(images)
@@ -136,18 +136,22 @@ class _Images:
             labels = None if items[0][1] is None else torch.stack([label for _, label in items])
             yield images, labels
 
-    def _picture_batches(self, source, preprocess) -> Iterator[tuple[Tensor, Tensor | None]]:
+    def _picture_batches(self, source, preprocess, on_pictures=None) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Batches of preprocessed pictures; the next batch is decoded on a thread while the model reads this
-        one (decoding and resizing release the GIL), so the pass runs at the model's pace."""
+        one (decoding and resizing release the GIL), so the pass runs at the model's pace. ``on_pictures(start,
+        pictures)`` also gets each batch's decoded pictures there."""
 
         def prepared(start: int) -> tuple[Tensor, Tensor | None]:
             stop = min(start + self.batch_size, self.count)
-            inputs = []
+            inputs, pictures = [], []
             for index in range(start, stop):
-                x = preprocess(source[index])
+                pictures.append(source[index])
+                x = preprocess(pictures[-1])
                 if not isinstance(x, Tensor) or x.ndim not in (3, 4):
                     raise TypeError(f"preprocess: must return a tensor (C, H, W) or (1, C, H, W), returned {_described(x)}")
                 inputs.append(x if x.ndim == 4 else x.unsqueeze(0))
+            if on_pictures is not None:
+                on_pictures(start, pictures)
             labels = None if source.labels is None else torch.from_numpy(source.labels[start:stop])
             return torch.cat(inputs), labels
 
@@ -314,29 +318,35 @@ def evaluate_and_embed(
     checkpoint=None,
     partial_every: float | None = None,
     top_k: int | None = None,
+    on_pictures=None,
 ) -> tuple[Evaluation, np.ndarray]:
     """:func:`evaluate` and :func:`embed` at the default layer in one pass over the images: for a test set
     that takes minutes to read, the second pass would double the wait. Same arguments as :func:`evaluate`.
 
     partial_every: seconds; after the first batch, then every ``partial_every`` seconds,
         ``checkpoint(fraction_done, evaluation)`` also receives the :class:`Evaluation` of the images read
-        so far (the first ones), so that a view can fill in."""
+        so far (the first ones), so that a view can fill in.
+    on_pictures: when ``images`` are pictures, called as ``on_pictures(start, pictures)`` with each batch of
+        decoded pictures (RGB PIL images ``start``, ``start + 1``, ...), in order, on the thread that decodes
+        them: the pass reads every picture anyway, so hover thumbnails (``sprites.AtlasBuilder.add``) cost
+        no second reading of the folder. Never called for tensors or Datasets of tensors."""
     if partial_every is not None and checkpoint is None:
         raise ValueError("partial_every: the evaluations so far go to checkpoint=, which is not given")
     return _classify(
         model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=True,
-        partial_every=partial_every, top_k=top_k,
+        partial_every=partial_every, top_k=top_k, on_pictures=on_pictures,
     )
 
 
 def _classify(
-    model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool, partial_every=None, top_k=None
+    model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool, partial_every=None, top_k=None,
+    on_pictures=None,
 ):
     model = check_model(model)
     if top_k is not None:
         top_k = check_positive_int(top_k, "top_k")
     output = check_output(output)
-    source = _Images(images, check_positive_int(batch_size, "batch_size"), preprocess)
+    source = _Images(images, check_positive_int(batch_size, "batch_size"), preprocess, on_pictures)
     given = None if labels is None else _labels_array(labels, source.count)
     classified, seen_labels, features = _Classified(top_k), [], []
     with borrow(model) as replica:

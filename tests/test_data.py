@@ -424,3 +424,24 @@ def test_a_pass_hands_out_the_evaluation_of_the_images_read_so_far(model, digits
     assert [len(so_far.labels) for so_far in partials] == [32]
     with pytest.raises(ValueError, match="partial_every: the evaluations so far go to checkpoint="):
         data.evaluate_and_embed(model, x, y, progress=False, partial_every=1.0)
+
+
+def test_a_pass_over_pictures_hands_out_each_batch_of_decoded_pictures_once_in_order(model, digits):
+    x, y, _ = digits
+    pictures = cw.demo.digit_pictures(x[:70])
+    handed = []
+    evaluation, _ = data.evaluate_and_embed(
+        model, pictures, y[:70], batch_size=32, preprocess=cw.demo.digits_preprocess, progress=False,
+        on_pictures=lambda start, batch: handed.append((start, batch)),
+    )
+    assert [(start, len(batch)) for start, batch in handed] == [(0, 32), (32, 32), (64, 6)]
+    for start, batch in handed:
+        for index, picture in enumerate(batch, start):
+            grey = pictures[index]
+            assert picture.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(picture), np.repeat(grey[:, :, None], 3, axis=2))
+    with torch.no_grad():
+        np.testing.assert_array_equal(evaluation.predictions, model(x[:70]).argmax(dim=1).numpy())
+    handed.clear()
+    data.evaluate_and_embed(model, x[:70], y[:70], progress=False, on_pictures=lambda *batch: handed.append(batch))
+    assert handed == [], "tensors are no pictures"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnviz_widgets.sprites import build_atlas, pictures
+from cnnviz_widgets.sprites import AtlasBuilder, build_atlas, pictures
 
 RED = (255, 0, 0)
 
@@ -65,3 +65,30 @@ def test_thumbnails_shrink_to_fit_the_atlas():
 def test_bad_images(images, error):
     with pytest.raises(error, match="images"):
         build_atlas(images)
+
+
+def test_an_atlas_filled_batch_by_batch_in_any_order_is_the_atlas_of_the_pictures():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)) for _ in range(7)]
+    builder = AtlasBuilder(len(images), thumbnail_size=8)
+    for start in (4, 0, 2):
+        builder.add(start, images[start : start + 3 if start < 4 else None])
+    built, expected = builder.atlas(), build_atlas(images, thumbnail_size=8)
+    assert (built.count, built.columns, built.thumbnail_size) == (7, 3, 8)
+    np.testing.assert_array_equal(np.asarray(built.image), np.asarray(expected.image))
+    assert build_atlas(built, thumbnail_size=8) is built, "an atlas made beforehand is used as it is"
+
+
+def test_an_atlas_is_given_only_once_every_picture_is_in_it():
+    builder = AtlasBuilder(3, thumbnail_size=8)
+    builder.add(0, [Image.new("RGB", (4, 4), RED)] * 2)
+    with pytest.raises(ValueError, match="images: 1 of 3 images not tiled yet, e.g. image 2"):
+        builder.atlas()
+    with pytest.raises(ValueError, match="start: images 2..3 given for an atlas of 3"):
+        builder.add(2, [Image.new("RGB", (4, 4), RED)] * 2)
+
+
+def test_an_atlas_made_beforehand_with_larger_thumbnails_is_refused():
+    atlas = build_atlas([Image.new("RGB", (4, 4), RED)] * 2, thumbnail_size=16)
+    with pytest.raises(ValueError, match="images: an atlas of 16-pixel thumbnails"):
+        build_atlas(atlas, thumbnail_size=8)

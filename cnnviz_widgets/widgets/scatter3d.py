@@ -12,13 +12,10 @@ from pathlib import Path
 import anywidget
 import traitlets
 
-from ..sprites import build_atlas
+from ..sprites import HOVER_MAX_SIDE, HOVER_THUMBNAIL_SIZE, build_atlas
 from . import scatter_data
 
 BUNDLE = Path(__file__).resolve().parent.parent / "static" / "scatter3d.js"
-# The hover thumbnail atlas stays below this side, so one PNG carries tens of thousands of thumbnails.
-SPRITE_MAX_SIDE = 4096
-SPRITE_THUMBNAIL_SIZE = 48
 
 
 class Scatter3D(anywidget.AnyWidget):
@@ -29,7 +26,8 @@ class Scatter3D(anywidget.AnyWidget):
     observe it to react to the user, set it to highlight points.
 
     points: (N, 3) or (N, 2) array; labels, predictions: N class indices; class_names: names of the
-    classes; images: N images for the hover thumbnails (tensor (N, C, H, W), array or list of PIL images).
+    classes; images: N images for the hover thumbnails (tensor (N, C, H, W), array or list of PIL images), or
+    their :class:`~cnnviz_widgets.sprites.Atlas` made beforehand (:class:`~cnnviz_widgets.sprites.AtlasBuilder`).
     """
 
     _esm = BUNDLE
@@ -78,7 +76,7 @@ class Scatter3D(anywidget.AnyWidget):
         state["color_by"] = color_by
         state.update(self._coloring(color_by, state["labels"], state["predictions"], state["class_names"], count))
         if images is not None:
-            atlas = build_atlas(images, thumbnail_size=SPRITE_THUMBNAIL_SIZE, max_side=SPRITE_MAX_SIDE)
+            atlas = build_atlas(images, thumbnail_size=HOVER_THUMBNAIL_SIZE, max_side=HOVER_MAX_SIDE)
             if atlas.count != count:
                 raise ValueError(f"images: {atlas.count} images for {count} points; give one image per point")
             state.update(sprite=atlas.png(), sprite_size=atlas.thumbnail_size, sprite_columns=atlas.columns)
