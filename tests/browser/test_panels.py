@@ -62,6 +62,8 @@ PICTURE_BLOCKS = """async (picture) => {
     }
     return means;
 }""" % BLOCK
+WORKING_THREADS = "sorted(t.name for t in __import__('threading').enumerate() if t.name in ('cnnviz-weights-watch', 'cnnviz-panel-task'))"
+"""Kernel code listing the threads that follow a model's weights or compute a panel's views."""
 BLOCK_TOLERANCE = 2.0
 """Largest difference of a block's mean colour, in levels of 255, between the picture shown and the expected one."""
 
@@ -334,3 +336,10 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
     assert_pictures_not_blank(notebook, panel, "digits-sanity", ".cnnviz-sanity-strip")
     notebook.screenshot("panel-compare-sanity-digits", panel)
     assert_nothing_wrong(notebook)
+
+    # Outputs cleared, as when the cells run again: nobody sees the dashboards, which stop following their
+    # models and end their threads; the browser said so through each dashboard's Presence view.
+    assert notebook.kernel_eval("digits.presence.views, dashboard.presence.views") == "(1, 1)"
+    notebook.page.evaluate("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+    assert_kernel_soon(notebook, "digits.presence.gone, dashboard.presence.gone, digits.presence.views", "(True, True, 0)")
+    assert_kernel_soon(notebook, WORKING_THREADS, "[]", timeout_s=20.0)
