@@ -574,9 +574,11 @@ _PROJECTIONS = {"pca": _pca, "tsne": _tsne, "umap": _umap}
 def project(embeddings, method: str = "pca", dims: int = 3, seed: int = 0) -> np.ndarray:
     """Project embeddings ``(N, D)`` to ``(N, dims)`` float32 points, the same for the same seed.
 
-    method: "pca" (exact SVD, randomised above ten million values), "tsne" (openTSNE: FFT-interpolated
-        gradients in 2-D from 10,000 points, Barnes-Hut otherwise; PCA initialisation; inputs reduced to 50
-        principal components first) or "umap" (umap-learn).
+    method: "pca" (exact: the top eigenvectors of the covariance matrix, in float64 up to
+        ``PCA_FLOAT64_MAX_VALUES`` values and float32 above; each axis signed so that its largest loading is
+        positive), "tsne" (openTSNE: in 2-D its "auto" choice between FFT-interpolated gradients and
+        Barnes-Hut, in 3-D Barnes-Hut; PCA initialisation; inputs reduced to 50 principal components first) or
+        "umap" (umap-learn).
     dims: 2 or 3.
     """
     if method not in _PROJECTIONS:
