@@ -64,3 +64,4 @@ bench: setup $(CHROMIUM)
 	$(PYTHON) bench/bench_trust.py
 	$(PYTHON) bench/bench_projector.py
 	$(PYTHON) bench/bench_test_set.py
+	$(PYTHON) bench/bench_session.py
