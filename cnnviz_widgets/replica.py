@@ -82,19 +82,14 @@ def fingerprint(model: nn.Module) -> Fingerprint:
 
 
 def values_checksum(tensor: Tensor) -> int:
-    """A CRC-32 of the tensor's values, read in place when it is a contiguous CPU tensor."""
+    """A CRC-32 of the tensor's values, read in place when it is a contiguous CPU tensor (a GPU tensor is
+    copied to the host first: a bus that moves 10 GB/s adds less than the checksum itself)."""
     values = tensor.detach()
     if values.is_quantized:
         values = values.int_repr()
     if values.layout != torch.strided or values.device.type == "meta":
         return 0
-    if values.device.type != "cpu":
-        # Summing on the device beats copying every weight to the host; the ramp makes the sum see a swap
-        # of two values, which a plain sum would not.
-        words = values.reshape(-1).view(torch.uint8).to(torch.int64)
-        ramp = torch.arange(1, len(words) + 1, device=words.device, dtype=torch.int64)
-        return hash((int(words.sum()), int((words * ramp).sum())))
-    return zlib.crc32(values.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return zlib.crc32(values.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 _PLAIN_TYPES = frozenset((bool, int, float, str, type(None)))
