@@ -18,6 +18,7 @@ from .methods import (
     guided_grad_cam,
     occlusion,
     sanity_check,
+    sanity_verdict,
 )
 from .data import Evaluation, embed, evaluate, project
 from .projector import export_projector

@@ -1,19 +1,22 @@
 """The explanation methods: torch only, no widget code. Each leaves the model exactly as it found it."""
 
 from .faithfulness import FaithfulnessResult, deletion_insertion
-from .explanations import EXPLANATIONS, explanation
+from .explanations import EXPLANATIONS, estimated_seconds, explanation
 from .feature_maps import feature_maps
 from .filters import filter_patterns, filter_weights
 from .grad_cam import CAM_METHODS, cam, grad_cam
 from .gradients import GRADIENT_METHODS, gradients
 from .guided_backprop import guided_backprop, guided_grad_cam
 from .occlusion import OcclusionResult, occlusion
-from .sanity import SANITY_METHODS, SanityResult, sanity_check
+from .sanity import SANITY_METHODS, SanityResult, SanityVerdict, sanity_check, sanity_verdict
 
 __all__ = [
     "CAM_METHODS",
     "cam",
     "deletion_insertion",
+    "estimated_seconds",
+    "EXPLANATIONS",
+    "explanation",
     "FaithfulnessResult",
     "feature_maps",
     "filter_patterns",
@@ -28,4 +31,6 @@ __all__ = [
     "SANITY_METHODS",
     "sanity_check",
     "SanityResult",
+    "sanity_verdict",
+    "SanityVerdict",
 ]

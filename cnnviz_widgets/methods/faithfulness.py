@@ -14,12 +14,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import Checkpoint, check
 from ..fast import forwarder
 from ..inputs import check_baseline, check_image, check_model, check_positive_int, check_target
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
-from .occlusion import DEFAULT_BATCH_SIZE, Checkpoint, fill_of
+from .occlusion import DEFAULT_BATCH_SIZE, fill_of
+
+
+DEFAULT_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def deletion_insertion(
     x: Tensor,
     target,
     saliency,
-    steps: int = 50,
+    steps: int = DEFAULT_STEPS,
     baseline="blurred",
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -75,8 +79,7 @@ def deletion_insertion(
         with probe(replica), torch.no_grad():
             forward = forwarder(replica, image, "deletion and insertion", batch_size)
             for start in range(0, len(changed), batch_size):
-                if checkpoint is not None:
-                    checkpoint(start / len(changed))
+                check(checkpoint, start / len(changed))
                 chunk = slice(start, start + batch_size)
                 masks = (ranks < changed[chunk, None, None])[:, None]
                 keep_image = masks != deleting[chunk, None, None, None]

@@ -11,12 +11,12 @@ pixels to black and white. What is maximised depends on the layer (see :func:`fi
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import Checkpoint, check
 from ..inputs import (
     check_filters,
     check_int,
@@ -75,10 +75,6 @@ ceiling 0.5% and 0.0%. EfficientNet-Lite0's middle and deep layers, whose ReLU6 
 reach a local RMS of 1.7 to 1.95 (95th percentile) on their own; at 2.0 their patterns stay as they were
 (2.6% of pixels within 0.05 of 0 or 1 before, 2.5% after, in block 6)."""
 
-Checkpoint = Callable[..., None]
-"""The project's cancellation protocol: ``checkpoint(fraction_done, partial=None)``; raising from it stops
-the work, and the exception reaches the caller."""
-
 
 def filter_weights(model: nn.Module, layer) -> Tensor:
     """The weights of a conv layer, ``(out, in, kh, kw)``, detached on the CPU."""
@@ -124,9 +120,11 @@ def filter_patterns(
     filters: an index or a sequence of indices into the layer's output channels.
     normalize: ``(mean, std)`` mapping [0, 1] pixels to the model's input; ImageNet's by default. A negative
         std is a preprocessing that inverts the picture (the digits CNN's ink-on-paper pictures).
-    checkpoint: called as ``checkpoint(step / steps, pictures)`` every ``preview_every`` steps and after the
-        last, with the current pictures (CPU, in [0, 1]), so a panel can show the patterns emerging;
-        whatever it raises stops the optimisation and propagates.
+    checkpoint: called as ``checkpoint(step / steps)`` after each step (a step of 16 patterns of a deep layer
+        takes a good part of a second on EfficientNet-Lite0: a Stop must not wait for ten of them), and as
+        ``checkpoint(step / steps, pictures)`` every ``preview_every`` steps and after the last, with the
+        current pictures (CPU, in [0, 1]), so a panel can show the patterns emerging; whatever it raises
+        stops the optimisation and propagates.
     """
     check_model(model)
     name, module = resolve_layer(model, layer)
@@ -159,6 +157,8 @@ def filter_patterns(
             if checkpoint is not None and (step % preview_every == 0 or step == steps):
                 with torch.no_grad():
                     checkpoint(step / steps, picture().cpu())
+            else:
+                check(checkpoint, step / steps)
     with torch.no_grad():
         return picture().cpu()
 

@@ -20,16 +20,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import Checkpoint, check
 from ..inputs import check_baseline, check_image, check_model, check_positive_int, check_target
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
-from .occlusion import DEFAULT_BATCH_SIZE, Checkpoint
+from .occlusion import DEFAULT_BATCH_SIZE
 
 GRADIENT_METHODS = ("saliency", "smoothgrad", "integrated-gradients")
 ABSOLUTE_BY_DEFAULT = ("saliency", "smoothgrad")
 """Saliency and SmoothGrad show the gradient's magnitude by default, as their papers (and Captum) do;
 integrated gradients keep their sign, since they add up to the score's change from the baseline."""
+SMOOTHGRAD_SAMPLES = 25
+INTEGRATED_GRADIENTS_STEPS = 50
 
 
 def gradients(
@@ -39,10 +42,10 @@ def gradients(
     method: str = "saliency",
     *,
     noise: float = 0.15,
-    samples: int = 25,
+    samples: int = SMOOTHGRAD_SAMPLES,
     seed: int = 0,
     baseline=0.0,
-    steps: int = 50,
+    steps: int = INTEGRATED_GRADIENTS_STEPS,
     absolute: bool | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     output=None,
@@ -106,8 +109,7 @@ def gradient_sum(
     total = torch.zeros_like(inputs[:1])
     with probe(model, differentiable=True):
         for start in range(0, len(inputs), batch_size):
-            if checkpoint is not None:
-                checkpoint(start / len(inputs))
+            check(checkpoint, start / len(inputs))
             batch = inputs[start : start + batch_size].detach().requires_grad_(True)
             logits = logits_of(model(batch), output)
             index = check_target(target, logits.shape[1])

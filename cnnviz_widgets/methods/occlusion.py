@@ -11,12 +11,13 @@ copy of the image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import Checkpoint, check
 from ..fast import FastCopy, Tuner, candidates, fast_copy, tuner
 from ..inputs import (
     check_baseline,
@@ -30,11 +31,6 @@ from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
 from .incremental import Box, engine_for
-
-Checkpoint = Callable[..., None]
-"""The cancellation protocol of every long method: ``checkpoint(fraction_done, partial=None)`` is called
-between two steps of the work, with the result so far when there is one to show; raising from it stops the
-work, and the exception reaches the caller."""
 
 BLUR_SIGMA = 8.0
 """Gaussian sigma, in input pixels, of the "blurred" fill: enough to wipe out a 224 px photo's textures
@@ -138,8 +134,7 @@ def occlusion(
             for level_number, level in enumerate(levels):
                 level_end = done + len(level)
                 while done < level_end:
-                    if checkpoint is not None:
-                        checkpoint(done / len(boxes))
+                    check(checkpoint, done / len(boxes))
                     setting = chooser.next()
                     positions = range(done, min(done + setting.batch_size, level_end))
                     outputs = chooser.timed(setting, len(positions), lambda: engine(positions, setting.memory_format))

@@ -11,9 +11,10 @@ distribution for the layer; a batch norm's running statistics are reset too); a 
 each of its parameters redrawn from a normal distribution of that parameter's own mean and standard
 deviation. The cascade runs on a copy of the model's replica: the model and its replica stay as they are.
 
-Maps are compared as ``(H, W)`` maps scaled to [0, 1]: a CAM at the input's resolution, a gradient
-``(C, H, W)`` by its absolute values summed over the channels. Two scores per step: the Spearman rank
-correlation with the original map, and the structural similarity (SSIM, Wang et al. 2004).
+Maps are compared as the Compare view shows them (:func:`~.explanations.explanation`): ``(H, W)`` maps in
+[0, 1], a CAM at the input's resolution, a gradient ``(C, H, W)`` by its absolute values summed over the
+channels, each divided by its largest value. Two scores per step: the Spearman rank correlation with the
+original map, and the structural similarity (SSIM, Wang et al. 2004). :func:`sanity_verdict` reads them.
 """
 
 from __future__ import annotations
@@ -24,20 +25,21 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import Checkpoint, check, scaled
 from ..inputs import check_image, check_int, check_model, check_positive_int
 from ..layers import called_layers, heatmap_layer, resolve_layer
 from ..outputs import check_output
 from ..replica import borrow
-from .grad_cam import CAM_METHODS, cam, min_max_scaled
+from .explanations import explanation
+from .grad_cam import CAM_METHODS, cam
 from .gradients import GRADIENT_METHODS, gradients
 from .guided_backprop import guided_backprop
-from .occlusion import Checkpoint
 
 SANITY_METHODS = (*CAM_METHODS, *GRADIENT_METHODS, "guided-backprop")
 
@@ -45,6 +47,15 @@ SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 """Wang et al.'s SSIM: an 11 x 11 Gaussian window of sigma 1.5, and their stabilising constants."""
+
+TOP_FRACTION = 0.5
+"""The verdict reads the first half of the cascade (the classifier and the top layers randomised): with every
+layer random the comparison turns noisy (a Grad-CAM came back to a rank correlation of 0.8 there)."""
+DEPENDS_BELOW = 0.5
+"""A map whose rank correlation with the original falls below this once the top layers are random depends on
+the weights. Adebayo et al. 2018 read their figures the same way: Grad-CAM falls to about 0.2-0.3 while guided
+backprop stays at 0.99-1.0, so any threshold between the two separates them; 0.5 is halfway. On
+EfficientNet-Lite0 and the cat: Grad-CAM -0.54 after its classifier is randomised, guided backprop 0.996."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,10 @@ def sanity_check(
     max_steps: stop the cascade after that many steps.
     options: keyword arguments for the method, e.g. ``{"samples": 10}`` for SmoothGrad.
     seed: the re-initialisations draw from generators seeded from it; torch's global generator is left as it was.
-    checkpoint: called as ``checkpoint(fraction_done)`` between two steps; raise from it to stop.
+    checkpoint: the stop-and-progress protocol (:mod:`cnnviz_widgets.checkpoint`): called before each step
+        and, for the methods that run many passes (Score-CAM, SmoothGrad, integrated gradients), between
+        the passes of each map; raise from it to stop. The original map and each step count alike in the
+        fraction done.
     """
     check_model(model)
     output = check_output(output)
@@ -106,6 +120,7 @@ def sanity_check(
     if max_steps is not None:
         max_steps = check_positive_int(max_steps, "max_steps")
     seed = check_int(seed, "seed")
+    check(checkpoint, 0.0)
     with borrow(model) as replica:
         image = check_image(replica, x)
         calls = called_layers(replica, image, output)
@@ -119,14 +134,14 @@ def sanity_check(
     cascade = [(name, parameterised_modules(randomised, name)) for name in steps[:max_steps]]
     # The public methods compute on the copy as on any model, so the original map is exactly theirs.
     explain = explainer(method, image, target, layer_name, output, options)
-    original = explain(randomised)
+    parts = len(cascade) + 1
+    original = explain(randomised, scaled(checkpoint, 0.0, 1 / parts))
     step_seeds = torch.randint(2**62, (len(cascade),), generator=torch.Generator().manual_seed(seed)).tolist()
     maps = []
-    for number, ((_, modules), step_seed) in enumerate(zip(cascade, step_seeds)):
-        if checkpoint is not None:
-            checkpoint(number / len(cascade))
+    for number, ((_, modules), step_seed) in enumerate(zip(cascade, step_seeds), start=1):
+        check(checkpoint, number / parts)
         reinitialise(modules, step_seed)
-        maps.append(explain(randomised))
+        maps.append(explain(randomised, scaled(checkpoint, number / parts, (number + 1) / parts)))
     maps = torch.stack(maps)
     return SanityResult(
         layers=[name for name, _ in cascade],
@@ -137,20 +152,91 @@ def sanity_check(
     )
 
 
+Outcome = Literal["depends", "independent", "undetermined"]
+
+
+@dataclass(frozen=True)
+class SanityVerdict:
+    """What a cascade says about a map (see :func:`sanity_verdict`).
+
+    outcome: "depends" (the map changes when the weights are randomised: it depends on what the model
+        learned), "independent" (it barely changes: it shows the picture more than the model) or
+        "undetermined" (the cascade cannot tell; ``reason`` says why).
+    statistic: the lowest rank correlation with the original map over the steps read; NaN when none could be read.
+    threshold: the value ``statistic`` is compared with (``DEPENDS_BELOW``).
+    steps_read: how many steps of the cascade, from its first, the verdict read.
+    reason: one sentence for people: what was read, or why nothing could be.
+    """
+
+    outcome: Outcome
+    statistic: float
+    threshold: float
+    steps_read: int
+    reason: str
+
+
+def sanity_verdict(result: SanityResult, threshold: float = DEPENDS_BELOW) -> SanityVerdict:
+    """Whether the map of ``result`` depends on the model's weights.
+
+    The verdict reads the rank correlations of the first ``TOP_FRACTION`` of the steps (at least one): the
+    map depends on the weights when the lowest of them is below ``threshold`` (``DEPENDS_BELOW``, 0.5), and
+    does not when every one of them is at or above it. It cannot tell:
+
+    - when the cascade has no step;
+    - when the original map is constant (zero everywhere, as a CAM whose weighted maps are negative at every
+      place): it ranks no pixel above another, so there is no order to keep or lose;
+    - when every step read gave a constant map (NaN correlations), or when the steps that could be read
+      stay above the threshold while others gave a constant map: a flat map has no order to compare.
+    """
+    if not isinstance(result, SanityResult):
+        raise TypeError(f"result: expected the SanityResult of sanity_check, got {type(result).__name__}")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not -1 <= threshold <= 1:
+        raise ValueError(f"threshold: expected a rank correlation between -1 and 1, got {threshold!r}")
+    threshold = float(threshold)
+    steps = len(result.rank_correlations)
+    read = max(1, int(steps * TOP_FRACTION)) if steps else 0
+
+    def undetermined(reason: str, statistic: float = math.nan) -> SanityVerdict:
+        return SanityVerdict("undetermined", statistic, threshold, read, reason)
+
+    if not steps:
+        return undetermined("the cascade has no step: nothing was randomised")
+    if bool(result.original.max() == result.original.min()):
+        return undetermined(
+            f"the original map is {float(result.original.max()):g} everywhere: it ranks no place above another, "
+            "so there is no order to keep or lose"
+        )
+    correlations = result.rank_correlations[:read].double()
+    finite = correlations[torch.isfinite(correlations)]
+    flat = read - len(finite)
+    if not len(finite):
+        return undetermined(f"each of the {read} map(s) read came out constant after randomising: no order to compare")
+    statistic = float(finite.min())
+    if statistic < threshold:
+        reason = f"lowest rank correlation with the original over the first {read} step(s): {statistic:.2f} < {threshold:g}"
+        return SanityVerdict("depends", statistic, threshold, read, reason)
+    if flat:
+        return undetermined(
+            f"{flat} of the {read} map(s) read came out constant after randomising, and the others kept a rank "
+            f"correlation of {statistic:.2f} or more with the original",
+            statistic,
+        )
+    reason = f"lowest rank correlation with the original over the first {read} step(s): {statistic:.2f} >= {threshold:g}"
+    return SanityVerdict("independent", statistic, threshold, read, reason)
+
+
 def explainer(
     method: str, image: Tensor, target, layer: str | None, output, options: dict
-) -> Callable[[nn.Module], Tensor]:
-    """model -> the ``(H, W)`` map of ``method`` in [0, 1], as the cascade compares them."""
+) -> Callable[[nn.Module, Checkpoint | None], Tensor]:
+    """(model, checkpoint) -> the ``(H, W)`` map of ``method`` in [0, 1], as the Compare view shows it.
+
+    The CAMs take their layer's activations with a hook (``cam(cut=False)``): each step has new weights, and
+    a cut built for them would serve once, at ten times the cost of the pass."""
     if method in CAM_METHODS:
-        return lambda model: cam(model, image, layer, target, method, output=output, **options)
-    if method in GRADIENT_METHODS:
-        return lambda model: magnitude(gradients(model, image, target, method, output=output, **options))
-    return lambda model: magnitude(guided_backprop(model, image, target, output=output, **options))
-
-
-def magnitude(attribution: Tensor) -> Tensor:
-    """A ``(C, H, W)`` attribution as an ``(H, W)`` map in [0, 1]: absolute values summed over the channels."""
-    return min_max_scaled(attribution.abs().sum(dim=0, keepdim=True))[0]
+        options = {"cut": False, **options}
+    return lambda model, checkpoint: explanation(
+        model, image, layer, target, method, output=output, checkpoint=checkpoint, **options
+    )
 
 
 def check_options(options, method: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 
 import pytest
 import torch
@@ -281,3 +282,31 @@ def test_the_model_is_left_as_it_was(method, user_model, small_image):
     with pytest.raises(ValueError, match="target"):
         cw.cam(user_model, small_image[:, :16, :16], "3", 7, method)
     state.assert_unchanged()
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "hires-cam", "eigen-cam"])
+def test_a_map_of_one_place_is_zero_everywhere_not_stripes_of_rounding(method, small_image):
+    """A layer after global pooling has 1 x 1 maps: resized bilinearly, the map is one value up to the last
+    bit of a float, which min-max scaling used to stretch into stripes from 0 to 1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[4].weight.abs_()  # a positive score's gradient: Grad-CAM's one value is positive, not cut by its ReLU
+    assert float(cw.cam(model, small_image, "2", 0, "grad-cam", raw=True)) > 0
+    assert not cw.cam(model, small_image, "2", 0, method).any()
+
+
+def test_without_the_cut_the_map_is_the_hooked_passs_up_to_rounding(efficientnet, monkeypatch):
+    """cut=False takes the activations with a hook on the replica: the same map as through the fast copy
+    (BatchNorm folded there), and no cut is looked for."""
+    _, preprocess, _ = cw.demo.imagenet_model()
+    x = preprocess(cw.demo.photos()["chelsea"])[0]
+    module = importlib.import_module("cnnviz_widgets.methods.grad_cam")
+    cuts = []
+    monkeypatch.setattr(module, "layer_cut", lambda *arguments: cuts.append(arguments))
+    hooked = cw.cam(efficientnet, x, "_conv_head", EGYPTIAN_CAT, cut=False)
+    assert cuts == []
+    monkeypatch.undo()
+    torch.testing.assert_close(hooked, cw.cam(efficientnet, x, "_conv_head", EGYPTIAN_CAT), rtol=0, atol=1e-4)
+    with pytest.raises(TypeError, match="cut: expected True or False, got 'no'"):
+        cw.cam(efficientnet, x, "_conv_head", EGYPTIAN_CAT, cut="no")

@@ -219,3 +219,18 @@ def test_digits_patterns_are_not_pinned_to_black_and_white(digits_model, layer):
     pinned = ((patterns < 0.02) | (patterns > 0.98)).flatten(1).float().mean(dim=1)
     assert (pinned < 0.02).all(), pinned
     assert (patterns.flatten(1).std(dim=1) > 0.05).all(), "a flat pattern is not saturated either"
+
+
+def test_the_checkpoint_runs_after_every_step(resnet18):
+    """A Stop waits for one step of the optimisation, not for the next preview of the patterns."""
+    calls = []
+    cw.filter_patterns(
+        resnet18,
+        "layer2.0.conv1",
+        [0],
+        size=32,
+        steps=5,
+        preview_every=5,
+        checkpoint=lambda fraction, pictures=None: calls.append((round(fraction * 5), pictures is not None)),
+    )
+    assert calls == [(1, False), (2, False), (3, False), (4, False), (5, True)]

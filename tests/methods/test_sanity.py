@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.methods.sanity import rank_correlation, reinitialise, ssim
+from cnnviz_widgets.methods.sanity import DEPENDS_BELOW, SanityResult, rank_correlation, reinitialise, sanity_verdict, ssim
 from method_helpers import EGYPTIAN_CAT
 from tests.model_state import ModelState, used_model
 
@@ -109,10 +111,12 @@ def test_cam_methods_default_to_the_last_conv_layer(stack_image):
 
 
 def test_gradient_maps_are_compared_by_their_magnitude(stack_image):
+    """As the Compare view shows them: summed absolute values divided by their largest, zero staying zero."""
     model = Stack()
     result = cw.sanity_check(model, stack_image, 1, "smoothgrad", options={"samples": 3}, max_steps=1)
     gradient = cw.gradients(model, stack_image, 1, "smoothgrad", samples=3).abs().sum(dim=0)
-    torch.testing.assert_close(result.original, (gradient - gradient.min()) / (gradient.max() - gradient.min()))
+    torch.testing.assert_close(result.original, gradient / gradient.max())
+    assert float(result.original.min()) > 0
 
 
 def test_seeded_and_torchs_generator_left_alone(stack_image):
@@ -158,10 +162,35 @@ class Gain(nn.Module):
         return x * self.weight
 
 
-def test_checkpoint_between_steps(stack_image):
+def test_checkpoint_before_each_step(stack_image):
+    """The original map and the four steps are five equal parts of the work; each part begins with a checkpoint."""
     fractions = []
     cw.sanity_check(Stack(), stack_image, 1, "saliency", checkpoint=fractions.append)
-    assert fractions == [0.0, 0.25, 0.5, 0.75]
+    assert sorted(set(fractions)) == [0.0, 0.2, 0.4, 0.6, 0.8]
+    assert fractions == sorted(fractions)
+
+
+def test_a_slow_map_is_stopped_inside_its_step(stack_image):
+    """SmoothGrad of 8 samples in batches of 2 is four passes per map: the checkpoint runs between them too,
+    so a Stop does not wait for the step's map to end."""
+    fractions = []
+    options = {"samples": 8, "batch_size": 2}
+    cw.sanity_check(Stack(), stack_image, 1, "smoothgrad", options=options, max_steps=2, checkpoint=fractions.append)
+    # Three parts (the original map, two steps), each of four passes at a quarter of its third.
+    passes = {round(part / 3 + batch / 12, 9) for part in range(3) for batch in range(4)}
+    assert {round(fraction, 9) for fraction in fractions} == passes
+    assert fractions == sorted(fractions)
+
+    passes_run = []
+
+    def stop(fraction):
+        passes_run.append(fraction)
+        if fraction > 1 / 3 + 1 / 12 + 1e-9:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cw.sanity_check(Stack(), stack_image, 1, "smoothgrad", options=options, max_steps=2, checkpoint=stop)
+    assert passes_run[-1] == pytest.approx(1 / 3 + 2 / 12), "stopped at the third pass of the first step"
 
 
 @pytest.mark.parametrize(
@@ -229,3 +258,82 @@ def test_ssim_equals_scikit_images_with_wangs_gaussian_window(size):
     expected = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
     assert ssim(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, abs=1e-10)
     assert ssim(torch.from_numpy(a), torch.from_numpy(a)) == pytest.approx(1.0)
+
+
+def cascade(original: torch.Tensor, correlations: list[float]) -> SanityResult:
+    """A result built by hand: the verdict reads only the original map and the rank correlations."""
+    steps = len(correlations)
+    return SanityResult(
+        layers=[f"layer{step}" for step in range(steps)],
+        original=original,
+        maps=torch.zeros(steps, *original.shape),
+        rank_correlations=torch.tensor(correlations, dtype=torch.float64),
+        ssim=torch.ones(steps, dtype=torch.float64),
+    )
+
+
+STRUCTURED = torch.linspace(0, 1, 16).reshape(4, 4)
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    "correlations, outcome, statistic, read",
+    [
+        ([0.9, 0.3, 0.95, 0.99], "depends", 0.3, 2),  # the lowest of the first half
+        ([0.99, 0.98, 0.1, -0.5], "independent", 0.98, 2),  # the bottom of the cascade is not read
+        ([0.5, 0.7, 0.7], "independent", 0.5, 1),  # at the threshold is not below it
+        ([0.49], "depends", 0.49, 1),  # a single step is read
+        ([NAN, 0.2, 0.9, 0.9], "depends", 0.2, 2),  # a flat map beside a clear drop
+        ([NAN, 0.9, 0.9, 0.9], "undetermined", 0.9, 2),  # a flat map, and the other map read stays
+        ([NAN, NAN, 0.1, 0.1], "undetermined", NAN, 2),  # nothing to read in the half read
+    ],
+)
+def test_the_verdict_reads_the_top_half_of_the_cascade(correlations, outcome, statistic, read):
+    verdict = sanity_verdict(cascade(STRUCTURED, correlations))
+    assert (verdict.outcome, verdict.steps_read) == (outcome, read)
+    assert verdict.threshold == DEPENDS_BELOW == 0.5
+    assert verdict.statistic == pytest.approx(statistic, nan_ok=True)
+    assert verdict.reason
+
+
+def test_a_constant_original_map_cannot_be_judged():
+    """Every rank correlation with a constant map is NaN; read as 0 it used to say "depends on what the model
+    learned". Even finite correlations (a result built by hand) do not make a constant original readable."""
+    for correlations in ([NAN, NAN], [0.1, 0.1]):
+        verdict = sanity_verdict(cascade(torch.zeros(4, 4), correlations))
+        assert verdict.outcome == "undetermined"
+        assert math.isnan(verdict.statistic)
+        assert "the original map is 0 everywhere" in verdict.reason
+
+
+def test_a_cascade_without_steps_cannot_be_judged():
+    verdict = sanity_verdict(cascade(STRUCTURED, []))
+    assert (verdict.outcome, verdict.steps_read) == ("undetermined", 0)
+    assert "no step" in verdict.reason
+
+
+def test_bad_verdict_arguments():
+    with pytest.raises(TypeError, match="result: expected the SanityResult of sanity_check, got dict"):
+        sanity_verdict({})
+    with pytest.raises(ValueError, match="threshold: expected a rank correlation between -1 and 1, got 2"):
+        sanity_verdict(cascade(STRUCTURED, [0.1]), threshold=2)
+
+
+def test_the_papers_finding_as_verdicts(top_of_the_cascade):
+    """On the demo model and the cat (3 steps: the first is read): Grad-CAM depends on the weights (its rank
+    correlation falls to -0.54 once the classifier is random), guided backprop does not (0.996)."""
+    grad_cam = sanity_verdict(top_of_the_cascade["grad-cam"])
+    guided = sanity_verdict(top_of_the_cascade["guided-backprop"])
+    assert (grad_cam.outcome, guided.outcome) == ("depends", "independent")
+    assert grad_cam.steps_read == guided.steps_read == 1
+    assert grad_cam.statistic == float(top_of_the_cascade["grad-cam"].rank_correlations[0]) < 0.5
+    assert guided.statistic == float(top_of_the_cascade["guided-backprop"].rank_correlations[0]) > 0.98
+
+
+def test_a_cam_at_a_layer_of_one_place_cannot_be_judged(small_image):
+    """A layer after global pooling: its Grad-CAM is one value, the same map everywhere, for any weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    result = cw.sanity_check(model, small_image, 0, "grad-cam", layer="2")
+    assert not result.original.any()
+    assert sanity_verdict(result).outcome == "undetermined"
