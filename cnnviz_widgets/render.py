@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import Tensor
 
 SCALINGS = ("per_map", "shared")
@@ -360,6 +360,31 @@ def curves_picture(curves: dict, width: int = 160, height: int = 56, padding: in
             for offset in (0, 1):
                 canvas[np.clip(rows + offset, 0, height - 1), columns] = CURVE_COLORS.get(name, (0, 0, 0))
     return canvas
+
+
+PLACEHOLDER_BACKGROUND = (236, 236, 236)
+PLACEHOLDER_INK = (80, 80, 80)
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        # Pillow before 10.1 has only its small bitmap font, which takes no size.
+        return ImageFont.load_default()
+
+
+def placeholder(width: int, height: int, text: str, font_size: int = 13) -> np.ndarray:
+    """A light grey ``(height, width, 3)`` picture with ``text`` centred on it in dark grey, one line per
+    ``\n``: what a view shows, at its picture's size, where that picture is still being computed."""
+    canvas = Image.new("RGB", (width, height), PLACEHOLDER_BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_size)
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font, spacing=4, align="center")
+    origin = ((width - (right - left)) / 2 - left, (height - (bottom - top)) / 2 - top)
+    draw.multiline_text(origin, text, fill=PLACEHOLDER_INK, font=font, spacing=4, align="center")
+    return np.asarray(canvas)
 
 
 def strip(pictures: list[np.ndarray], side: int = 96, gap: int = 4) -> np.ndarray:
