@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,13 @@ def test_an_atlas_made_beforehand_with_larger_thumbnails_is_refused():
     atlas = build_atlas([Image.new("RGB", (4, 4), RED)] * 2, thumbnail_size=16)
     with pytest.raises(ValueError, match="images: an atlas of 16-pixel thumbnails"):
         build_atlas(atlas, thumbnail_size=8)
+
+
+def test_the_png_is_encoded_once_and_decodes_to_the_atlas(monkeypatch):
+    atlas = build_atlas([Image.new("RGB", (6, 4), RED), Image.new("RGB", (4, 4), (0, 0, 255))], thumbnail_size=4)
+    saves = []
+    save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda image, *args, **kwargs: saves.append(1) or save(image, *args, **kwargs))
+    first, second = atlas.png(), atlas.png()
+    assert len(saves) == 1 and second is first
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(first))), np.asarray(atlas.image))
