@@ -132,7 +132,8 @@ def sanity_check(
         if not steps:
             raise ValueError(f"model: {type(model).__name__} calls no layer with parameters; there is nothing to randomise")
     cascade = [(name, parameterised_modules(randomised, name)) for name in steps[:max_steps]]
-    # The public methods compute on the copy as on any model, so the original map is exactly theirs.
+    # The public methods compute on the copy as on any model, so the original map is theirs (a CAM's up to
+    # float rounding: taken with a hook rather than through the fast copy, see explainer).
     explain = explainer(method, image, target, layer_name, output, options)
     parts = len(cascade) + 1
     original = explain(randomised, scaled(checkpoint, 0.0, 1 / parts))

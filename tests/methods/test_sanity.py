@@ -35,6 +35,7 @@ def top_of_the_cascade(efficientnet, chelsea):
     }
 
 
+@pytest.mark.slow
 def test_grad_cam_changes_with_the_weights_guided_backprop_does_not(top_of_the_cascade):
     """Adebayo et al.'s finding: guided backprop still draws the same picture once the classifier and the last
     conv layer are random; Grad-CAM does not. Measured: Grad-CAM's rank correlation after `_conv_head` 0.03
@@ -48,6 +49,7 @@ def test_grad_cam_changes_with_the_weights_guided_backprop_does_not(top_of_the_c
     assert (grad_cam.ssim < guided.ssim).all()
 
 
+@pytest.mark.slow
 def test_the_original_map_is_the_methods_own(efficientnet, chelsea, top_of_the_cascade):
     result = top_of_the_cascade["grad-cam"]
     # Equal up to rounding: the first calls try the fast copy's memory formats and thread counts in turn.
@@ -56,6 +58,7 @@ def test_the_original_map_is_the_methods_own(efficientnet, chelsea, top_of_the_c
     assert result.rank_correlations.shape == result.ssim.shape == (3,)
 
 
+@pytest.mark.slow
 def test_the_model_and_its_replica_keep_their_weights(efficientnet, chelsea, top_of_the_cascade):
     """The cascade randomised a copy: the user's model and what later calls compute on are intact."""
     state = ModelState(efficientnet)
@@ -319,6 +322,7 @@ def test_bad_verdict_arguments():
         sanity_verdict(cascade(STRUCTURED, [0.1]), threshold=2)
 
 
+@pytest.mark.slow
 def test_the_papers_finding_as_verdicts(top_of_the_cascade):
     """On the demo model and the cat (3 steps: the first is read): Grad-CAM depends on the weights (its rank
     correlation falls to -0.54 once the classifier is random), guided backprop does not (0.996)."""
