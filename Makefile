@@ -1,5 +1,5 @@
-# Two commands from a fresh clone: `make demo` and `make test`. Each sets up what is missing, once:
-# the virtual environment, the package (editable, with its test extras) and the JS bundle.
+# Two commands from a fresh clone: `make demo` and `make test` (`make test-fast` while working). Each sets up
+# what is missing, once: the virtual environment, the package (editable, with its test extras) and the JS bundle.
 SHELL := /bin/bash
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -11,7 +11,7 @@ JS_SOURCES := $(wildcard js/src/*.js js/src/*.css)
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup demo test js-test bench
+.PHONY: setup demo test test-fast js-test bench
 
 setup: $(INSTALLED) $(BUNDLE)
 
@@ -54,8 +54,14 @@ $(CHROMIUM):
 js-test:
 	cd js && npm test --silent
 
+# The whole suite, as CI runs it; the 20 slowest tests are listed at the end.
 test: setup $(CHROMIUM) js-test
-	$(PYTHON) -m pytest --nbval-lax tests notebooks --ignore=tests/browser/notebooks
+	$(PYTHON) -m pytest --nbval-lax tests notebooks --ignore=tests/browser/notebooks --durations=20
+
+# The unit and widget tests, less the browser and the tests marked slow (model families, t-SNE and UMAP fits,
+# the long isolation run): minutes, for while you work.
+test-fast: setup
+	$(PYTHON) -m pytest tests -m "not browser and not slow"
 
 bench: setup $(CHROMIUM)
 	$(PYTHON) bench/bench_methods.py

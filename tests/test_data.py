@@ -331,6 +331,7 @@ def test_pca_of_large_inputs_in_float32_equals_sklearn_up_to_sign(embeddings, mo
     np.testing.assert_allclose(ours, reference * signs, atol=1e-3 * np.abs(reference).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tsne", "umap"])
 def test_projection_keeps_classes_apart_and_is_reproducible(method, embeddings, digits):
     _, y, _ = digits
@@ -340,6 +341,7 @@ def test_projection_keeps_classes_apart_and_is_reproducible(method, embeddings, 
     np.testing.assert_array_equal(cw.project(embeddings, method, dims=3, seed=0), points)
 
 
+@pytest.mark.slow
 def test_two_dimensional_projection(embeddings):
     points = cw.project(embeddings[:150], "umap", dims=2, seed=1)
     assert points.shape == (150, 2) and points.dtype == np.float32

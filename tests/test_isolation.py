@@ -56,6 +56,7 @@ class Sampler(threading.Thread):
             self.looks += 1
 
 
+@pytest.mark.slow
 def test_two_panels_and_the_users_calls_share_a_model_that_nobody_touches():
     torch.manual_seed(0)
     model = used_model(torchvision.models.resnet18(weights=None, num_classes=10))

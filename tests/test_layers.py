@@ -79,6 +79,7 @@ def test_default_layers_skip_what_the_logits_do_not_depend_on():
     assert embedding_layer(calls, model) == ("input", "head")
 
 
+@pytest.mark.slow
 def test_googlenet_with_auxiliary_heads_defaults_to_its_main_path():
     model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
     with borrow(model) as replica:

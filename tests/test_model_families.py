@@ -141,6 +141,7 @@ def default_heatmap_layer(model, x):
         return heatmap_layer(called_layers(replica, x[None]), model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_every_function_works_and_leaves_the_model_as_it_was(name):
     model, shape = build(name)
@@ -167,6 +168,7 @@ def test_every_function_works_and_leaves_the_model_as_it_was(name):
     state.assert_unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_every_dashboard_tab_works_and_leaves_the_model_as_it_was(name):
     model, shape = build(name)

@@ -96,6 +96,7 @@ def freeze_once(child, frozen: threading.Event) -> None:
         frozen.set()
 
 
+@pytest.mark.slow
 def test_points_are_those_of_data_project(embeddings, projector):
     some = embeddings[:60]
     np.testing.assert_array_equal(projector.project(some, "tsne", dims=2, seed=3), cw.project(some, "tsne", dims=2, seed=3))
@@ -111,6 +112,7 @@ def test_errors_are_raised_as_data_project_raises_them(projector):
     assert projector.running, "a refused request leaves the process serving"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_raises_ends_the_fit_and_the_next_request_gets_a_new_child(
     embeddings, fit_embeddings, projector
 ):
@@ -130,6 +132,7 @@ def test_a_checkpoint_that_raises_ends_the_fit_and_the_next_request_gets_a_new_c
     assert len(projection_children() - before) == 1, "the next request starts a new child"
 
 
+@pytest.mark.slow
 def test_close_during_a_fit_ends_the_child_and_the_pending_call_raises_projection_closed(
     embeddings, fit_embeddings, projector
 ):
@@ -161,6 +164,7 @@ def test_close_when_idle_ends_the_child(embeddings, projector):
     assert not child.is_alive() and not projector.running
 
 
+@pytest.mark.slow
 def test_a_tsne_sends_frames_that_move_then_the_points_of_data_project(fit_embeddings, projector):
     some = fit_embeddings[:FRAMES_POINTS]
     frames, fractions = [], []
@@ -193,6 +197,7 @@ def test_a_frame_handler_that_raises_ends_the_fit(embeddings, fit_embeddings, pr
     assert not projector.running
 
 
+@pytest.mark.slow
 def test_a_umap_reports_the_share_of_its_epochs_done(embeddings, projector):
     frames, fractions = [], []
     points = projector.project(

@@ -4,6 +4,7 @@ layout reached; selecting a point selects its image and lists its nearest neighb
 import threading
 
 import numpy as np
+import pytest
 import torch
 
 import cnnviz_widgets as cw
@@ -123,6 +124,7 @@ def test_tsne_runs_off_the_main_thread_and_can_be_superseded(digits):
     assert "PCA" in panel.summary.value
 
 
+@pytest.mark.slow
 def test_stop_ends_a_running_tsne_and_the_panel_answers_the_next_request(digits):
     model = digits[0]
     panel, images = stoppable_panel(model)
@@ -148,6 +150,7 @@ def test_stop_ends_a_running_tsne_and_the_panel_answers_the_next_request(digits)
     assert not panel._projector.running and not panel.threads_alive
 
 
+@pytest.mark.slow
 def test_tsne_moves_the_points_as_it_forms_and_stop_keeps_the_last_layout(digits):
     model = digits[0]
     panel, images = stoppable_panel(model)
