@@ -198,7 +198,7 @@ class _Flight:
 
     def __init__(self):
         self.owner = threading.get_ident()
-        self.fraction: float | None = None
+        self.fraction = 0.0
         self.ended = threading.Event()
 
 
@@ -255,9 +255,8 @@ class LRUCache:
 
 
 def _reporting(flight: _Flight, checkpoint: Callable[..., None]) -> Callable[..., None]:
-    def report(fraction=None, *args, **kwargs):
-        if fraction is not None:
-            flight.fraction = fraction
+    def report(fraction, *args, **kwargs):
+        flight.fraction = fraction
         return checkpoint(fraction, *args, **kwargs)
 
     return report

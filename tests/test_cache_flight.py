@@ -46,7 +46,7 @@ def test_a_waiter_sees_the_owners_progress_and_its_stop_returns_at_once():
     assert progress.wait(5)
     seen = []
 
-    def stoppable(fraction=None, partial=None):
+    def stoppable(fraction, partial=None):
         seen.append(fraction)
         if len(seen) >= 2:
             raise Cancelled
