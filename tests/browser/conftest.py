@@ -1,5 +1,9 @@
 """Fixtures of the browser tests: one Jupyter server and one Chromium for the session, and `open_notebook(path)`
-(see harness.py). Every test here is marked `browser`; a failing test saves the page as it was."""
+(see harness.py). Every test here is marked `browser`; a failing test saves the page as it was.
+
+Nothing a browser test starts runs beside another test: each test's notebooks are closed and their kernels
+shut down when it ends, and the browser tests run after every other test, so that the servers and Chromium,
+which end with the session, end with the last of them."""
 
 from __future__ import annotations
 
@@ -17,8 +21,14 @@ def pytest_collection_modifyitems(items):
     # A conftest's pytestmark marks nothing (pytest reads it from test modules only), and this hook sees every
     # test of the session: the browser tests are those under this folder.
     for item in items:
-        if BROWSER_TESTS in item.path.parents:
+        if is_browser_test(item):
             item.add_marker(pytest.mark.browser)
+    # A stable sort: each group keeps its order.
+    items.sort(key=is_browser_test)
+
+
+def is_browser_test(item) -> bool:
+    return BROWSER_TESTS in item.path.parents
 
 
 @pytest.fixture(scope="session")
@@ -46,18 +56,25 @@ def chromium():
 @pytest.fixture
 def open_notebook(jupyter, chromium, request):
     """``open_notebook(path, viewport=(w, h), frontend="lab") -> NotebookPage``: the notebook copied into the
-    server's root, open in JupyterLab (or Notebook 7: ``frontend="notebook"``), all cells run."""
-    contexts = []
+    server's root, open in JupyterLab (or Notebook 7: ``frontend="notebook"``), all cells run. When the test
+    ends its pages are closed and their kernels shut down."""
+    contexts, servers = [], []
 
     def open_(path, viewport=(1400, 1000), frontend="lab") -> harness.NotebookPage:
-        notebook, context = harness.open_notebook(chromium, jupyter(frontend), path, viewport)
+        server = jupyter(frontend)
+        if server not in servers:
+            servers.append(server)
+        notebook, context = harness.open_notebook(chromium, server, path, viewport)
         contexts.append(context)
         request.node.notebook_page = notebook
         return notebook
 
     yield open_
+    # The pages first: a page left open would start a new kernel for its notebook.
     for context in contexts:
         context.close()
+    for server in servers:
+        harness.shut_down_kernels(server)
 
 
 @pytest.hookimpl(hookwrapper=True)

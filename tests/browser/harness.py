@@ -2,8 +2,9 @@
 benchmark (bench/bench_browser.py).
 
 `jupyter_server` starts a JupyterLab or a Notebook 7 server on a free localhost port, with a throwaway profile
-and token. `open_notebook` copies a notebook next to it, opens it in Chromium, accepts the kernel dialog, runs
-every cell and waits for the kernel to go idle. The page it returns can run code in the notebook's kernel
+and token, and ends it with every kernel it started. `open_notebook` copies a notebook next to it, opens it in
+Chromium, accepts the kernel dialog, runs every cell and waits for the kernel to go idle; `shut_down_kernels`
+ends the kernels once the notebooks are closed. The page it returns can run code in the notebook's kernel
 (`kernel_eval`), so that a test can read back what a click changed in Python, and it records every uncaught
 script error. Screenshots go to tests/browser/artifacts/.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import secrets
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,6 +43,9 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SERVER_START_TIMEOUT_S = 120
+# A kernel asked to shut down gets this long to exit before the server kills it (jupyter_client waits 5 s).
+KERNEL_SHUTDOWN_TIMEOUT_S = 30
+SERVER_STOP_TIMEOUT_S = 20
 RUN_ALL_TIMEOUT_S = 300
 FRONTENDS = ("lab", "notebook")
 TINTED = 20  # max - min channel of a scatter point, even faded behind a selection: unlike the background
@@ -70,9 +76,50 @@ class Server:
     token: str
     root: Path
     frontend: str
+    pid: int
 
     def address(self, notebook: str) -> str:
         return NOTEBOOK_ADDRESS[self.frontend].format(url=self.url, name=notebook, token=self.token)
+
+    def api(self, path: str, method: str = "GET"):
+        """Call the server's REST API (``path`` such as ``"kernels"``) -> the decoded JSON answer, or None."""
+        request = urllib.request.Request(
+            f"{self.url}/api/{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=KERNEL_SHUTDOWN_TIMEOUT_S) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def kernel_processes(self) -> list[psutil.Process]:
+        """The processes the server started and that still run: its kernels (and what they started)."""
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [child for child in children if is_running(child)]
+
+
+def is_running(process: psutil.Process) -> bool:
+    """Whether the process runs: a zombie has ended, only its exit status waits to be read."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def shut_down_kernels(server: Server) -> None:
+    """End every session and kernel of ``server``, and wait until their processes are gone.
+
+    A notebook's kernel outlives its browser tab: left running, the kernels of every notebook a test opened
+    (each with its dashboards' watchers polling the model) would share the CPU with every later test.
+    """
+    for session in server.api("sessions"):
+        server.api(f"sessions/{session['id']}", method="DELETE")
+    for kernel in server.api("kernels"):
+        server.api(f"kernels/{kernel['id']}", method="DELETE")
+    _, alive = psutil.wait_procs(server.kernel_processes(), timeout=KERNEL_SHUTDOWN_TIMEOUT_S)
+    if alive:
+        raise RuntimeError(f"kernel processes still running after their shutdown: {[p.pid for p in alive]}")
 
 
 def _free_port() -> int:
@@ -124,15 +171,32 @@ def jupyter_server(home: Path, root: Path, frontend: str = "lab"):
     ]  # fmt: skip
     with log.open("w") as log_stream:
         server = subprocess.Popen(command, env=env, stdout=log_stream, stderr=subprocess.STDOUT)
+    started = Server(url, token, root, frontend, server.pid)
     try:
         _wait_until_serving(url, token, server, log)
-        yield Server(url, token, root, frontend)
+        yield started
     finally:
-        server.terminate()
+        _stop(server, started)
+
+
+def _stop(server: subprocess.Popen, started: Server) -> None:
+    """Shut the kernels down through the server, then end the server; a server that does not stop in time is
+    killed, and with it whatever of its kernels remains."""
+    if server.poll() is None:
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            shut_down_kernels(started)
+        except (OSError, RuntimeError):
+            pass  # the server or a kernel does not answer: both are killed below
+    leftovers = started.kernel_processes()
+    server.terminate()
+    try:
+        server.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    for process in leftovers:
+        if is_running(process):
+            process.kill()
 
 
 @contextmanager
@@ -329,20 +393,25 @@ def _run_all_and_wait(notebook: NotebookPage) -> None:
 
 def open_notebook(browser, server: Server, path: Path | str, viewport=(1400, 1000)):
     """Copy the notebook at ``path`` into the server's root, open it in a new browser context and run every
-    cell -> (NotebookPage, context); the caller closes the context."""
+    cell -> (NotebookPage, context); the caller closes the context (this function does when it fails), then
+    shuts the kernel down (:func:`shut_down_kernels`)."""
     path = Path(path)
     shutil.copy(path, server.root / path.name)
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
-    page = context.new_page()
-    notebook = NotebookPage(page, path.name, server.frontend)
-    page.goto(server.address(path.name))
-    page.wait_for_selector(".jp-Notebook", timeout=120_000)
-    _start_kernel(page)
-    _run_all_and_wait(notebook)
-    not_run = page.evaluate(NOT_RUN_CELLS)
-    if not_run:
-        notebook.screenshot("NOT-RUN")
-        raise AssertionError(f"{not_run} cells of {path.name} did not run; shown: {notebook.errors_shown()}")
+    try:
+        page = context.new_page()
+        notebook = NotebookPage(page, path.name, server.frontend)
+        page.goto(server.address(path.name))
+        page.wait_for_selector(".jp-Notebook", timeout=120_000)
+        _start_kernel(page)
+        _run_all_and_wait(notebook)
+        not_run = page.evaluate(NOT_RUN_CELLS)
+        if not_run:
+            notebook.screenshot("NOT-RUN")
+            raise AssertionError(f"{not_run} cells of {path.name} did not run; shown: {notebook.errors_shown()}")
+    except BaseException:
+        context.close()
+        raise
     return notebook, context
 
 
