@@ -161,9 +161,12 @@ class ComparePanel(Panel):
     def refresh(self) -> None:
         """Compute every method's map and scores for the current picture, class and layer, fast ones first."""
         settings = (self.image, self.layer, self.target)
+        # A card computed on a click was for the weights and settings of then: with new ones it shows its
+        # estimate again rather than take minutes after every pause of a training loop.
+        self._confirmed = set()
         if self._view is None or self._view[:3] != settings:
-            # A click (a card computed, a sanity check) was for the picture, class and layer of then.
-            self._confirmed, self._sanity_pending = set(), None
+            # A sanity check asked for and not shown yet runs again on new weights, not for other settings.
+            self._sanity_pending = None
         self._refreshes += 1
         with self._apply_lock:
             self._view = (*settings, self._refreshes)

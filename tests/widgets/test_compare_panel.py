@@ -161,6 +161,13 @@ def test_a_card_estimated_long_waits_for_a_click_and_the_others_finish_first(mon
     assert computed.count("score-cam") == 1
     assert "score-cam" in panel.scores and button.layout.display == "none"
     assert "deletion AUC" in text.value and pixels(curves.value).std() > 1
+    # New weights (a training step): the click was for the old ones, the card waits for another.
+    with torch.no_grad():
+        session.model.head.bias.add_(0.5)
+    panel.recompute()
+    settled(panel, timeout=300)
+    assert computed.count("score-cam") == 1 and computed.count("grad-cam") == 2
+    assert button.layout.display != "none" and "score-cam" not in panel.scores
     assert panel.error == ""
     panel.close()
 
