@@ -14,8 +14,9 @@ The layer's output is the last node of the graph that the layer's module compute
 place in the module hierarchy; the last call, as a hook sees it). A BatchNorm right after the layer is not
 folded into it, so the layer's own output stays in the graph. The cut is checked on the first image of each
 shape against the replica run with a hook (the layer's output and the model's output, within
-``fast.TOLERANCE``); a model that cannot be traced, or a cut that strays, gives None and the caller hooks
-the replica instead.
+``fast.TOLERANCE``); a model that cannot be traced, or a cut that strays or raises, gives None and the caller
+hooks the replica instead. A cut that raises later (on a batch of another size) answers that call by hooking
+the replica itself, and is not used again.
 
 The pass over a test set cuts at the input of the classifier, and runs both parts without autograd: the
 fast copy's forward pass, which gives the embeddings on the way.
@@ -33,8 +34,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from .fast import MEMORY_FORMATS, candidates, fold_batch_norms, outputs_close, traced, tuner
-from .replica import weights_state
 from .probe import probe
+from .replica import weights_state
 
 
 @dataclass
@@ -44,23 +45,36 @@ class Cut:
 
     below: fx.GraphModule
     above: fx.GraphModule
-    key: tuple
+    name: str
+    side: str
     memory_formats: dict[tuple[int, ...], tuple[torch.memory_format, ...]] = field(default_factory=dict)
     """The memory formats checked faithful, by the shape of one input ``(C, H, W)``."""
+    failed: bool = False
+    """Whether a call raised: the cut is not used again."""
 
     def run(self, replica: nn.Module, image: Tensor, differentiable: bool) -> tuple[Tensor, object]:
         """The value at the cut for ``image`` (a leaf that requires grad when ``differentiable``) and the
-        model's output, recorded from that leaf on."""
+        model's output, recorded from that leaf on; from the replica, hooked, if the cut raises."""
         settings = candidates(self.memory_formats[tuple(image.shape[1:])], (len(image),))
-        chooser = tuner(replica, (self.key, tuple(image.shape), *settings), lambda: settings)
+        chooser = tuner(replica, ("cut", self.name, self.side, tuple(image.shape), *settings), lambda: settings)
         setting = chooser.next()
-        with torch.no_grad():
-            values = chooser.timed(
-                setting, len(image), lambda: self.below(image.contiguous(memory_format=setting.memory_format))
-            )
-        at_cut = values[0].requires_grad_(differentiable)
-        with torch.set_grad_enabled(differentiable):
-            return at_cut, self.above(at_cut, *values[1:])
+        try:
+            with torch.no_grad():
+                values = chooser.timed(
+                    setting, len(image), lambda: self.below(image.contiguous(memory_format=setting.memory_format))
+                )
+            at_cut = values[0].requires_grad_(differentiable)
+            with torch.set_grad_enabled(differentiable):
+                return at_cut, self.above(at_cut, *values[1:])
+        except Exception:  # noqa: BLE001 - whatever the cut's failure, the hooked replica is the answer
+            self.failed = True
+        return self._hooked(replica, image, differentiable)
+
+    def _hooked(self, replica: nn.Module, image: Tensor, differentiable: bool) -> tuple[Tensor, object]:
+        layer = (self.name, replica.get_submodule(self.name))
+        with probe(replica, **{f"{self.side}s": [layer]}, differentiable=differentiable) as capture:
+            output = capture.run(image)
+        return (capture.outputs if self.side == "output" else capture.inputs)[self.name], output
 
 
 @dataclass
@@ -86,7 +100,7 @@ def layer_cut(replica: nn.Module, name: str, image: Tensor, side: str = "output"
         graph = traced(replica)
         cuts.by_layer[name, side] = None if graph is None else _cut(graph, name, side)
     cut = cuts.by_layer[name, side]
-    if cut is None:
+    if cut is None or cut.failed:
         return None
     # Checked on one image: the traced graph is the same for any batch (fx cannot trace a forward that
     # branches on its input), and a batch of 16 would cost the pass over a test set a second before its start.
@@ -105,9 +119,12 @@ def _faithful_formats(cut: Cut, replica: nn.Module, name: str, side: str, image:
         return ()
     faithful = []
     for memory_format in MEMORY_FORMATS:
-        with torch.no_grad():
-            values = cut.below(image.contiguous(memory_format=memory_format))
-            output = cut.above(*values)
+        try:
+            with torch.no_grad():
+                values = cut.below(image.contiguous(memory_format=memory_format))
+                output = cut.above(*values)
+        except Exception:  # noqa: BLE001 - a cut that raises is one not to use, whatever it raises
+            continue
         if outputs_close(values[0], expected) and outputs_close(output, expected_output):
             faithful.append(memory_format)
     return tuple(faithful)
@@ -141,7 +158,7 @@ def _cut(traced_graph: fx.GraphModule, name: str, side: str) -> Cut | None:
     above_nodes = [node for node in nodes if node in after and node is not point or node.op == "output"]
     above_nodes = [node for node in nodes if node.op == "get_attr"] + above_nodes
     above = _subgraph(gm, above_nodes, crossing, None)
-    return Cut(below, above, ("cut", name, side))
+    return Cut(below, above, name, side)
 
 
 def _subgraph(gm: fx.GraphModule, nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node] | None) -> fx.GraphModule:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from .cut import layer_cut
-from .fast import MEMORY_FORMATS, Setting, forwarder, tuner
+from .fast import DEFAULT_THREADS, MEMORY_FORMATS, Setting, forwarder, tuner
 from .inputs import check_model, check_positive_int, model_device
 from .layers import called_layers, embedding_layer, resolve_layer
 from .outputs import check_output, logits_of
@@ -390,7 +390,7 @@ def _forward(replica: nn.Module, batch: Tensor, layer: tuple[str, str] | None) -
         if cut is not None:
             seen, outputs = cut.run(replica, batch, differentiable=False)
             return outputs, seen
-    settings = [Setting(memory_format, len(batch), torch.get_num_threads()) for memory_format in MEMORY_FORMATS]
+    settings = [Setting(memory_format, len(batch), DEFAULT_THREADS) for memory_format in MEMORY_FORMATS]
     chooser = tuner(replica, ("pass", tuple(batch.shape)), lambda: settings)
     setting = chooser.next()
     with probe(replica, **{f"{side}s": [(name, replica.get_submodule(name))]}) as capture:

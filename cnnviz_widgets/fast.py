@@ -5,31 +5,44 @@ rounding:
 
 - a traced copy (``torch.fx``): the graph the incremental engine of ``methods/incremental.py`` follows, in
   which each ``nn.Conv2d`` is a plain ``conv2d`` call on its weights and in-place ops are made out-of-place
-  (the engine keeps the intact image's value of every node; an in-place op would overwrite one);
+  (the engine keeps the intact image's value of every node; an in-place op would overwrite one). Only the
+  in-place ops listed below are rewritten, and only where no other value shares the memory written to; a
+  graph with any other in-place op is not used (fx itself refuses item assignment, ``x[:, 0] = 0``);
 - each eval-mode BatchNorm folded into the convolution before it (an affine map per channel, so one pass
   over the activations less);
 - the memory format (contiguous or channels_last), the batch size and the number of threads, measured on
   the work itself (:class:`Tuner`), once per replica. Threads count because an op of two threads waits for
   both: on a machine busy with other work, many short ops (the incremental engine's) lose more to that wait
-  than they gain, and one thread can be twice as fast as two.
+  than they gain, and one thread can be twice as fast as two (on two cores busy with other work, a pass
+  over 256 pictures through EfficientNet-Lite0 took 13.6 s on one thread and 22.2 s on two; a window 32,
+  stride 8 occlusion map 9.4 s and 10.1 s).
 
 The replica is never modified: the traced copy refers to the replica's layers, and what it changes
 (folded weights, out-of-place activations) are new objects it owns. It is cached per replica (weakly keyed)
 and made again when :func:`cnnviz_widgets.replica.weights_state` of the replica changes, i.e. when its
 weights do. Each form is checked against the replica on the first input of each shape: a form whose
-outputs differ by more than ``TOLERANCE`` of their largest magnitude is not used.
+outputs differ by more than ``TOLERANCE`` of their largest magnitude, or that raises, is not used; one that
+raises later, on a batch of another size, gives way to the replica for good (:meth:`FastCopy.__call__`).
+
+Threads: ``torch.set_num_threads`` also sets the count of every thread started afterwards (ATen keeps it
+process-wide), so it is never toggled around a batch: a panel's worker started meanwhile would keep one
+thread for life. The count is read once, at import (``DEFAULT_THREADS``), and work measured faster on one
+thread runs on a worker thread that set its own count to one once, when it started (:func:`on_threads`).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
+import os
+import queue
 import threading
 import time
 import weakref
-from contextlib import contextmanager
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterator, TypeVar
+from typing import Callable, Hashable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -52,26 +65,102 @@ of the noise of a machine shared with other work."""
 
 T = TypeVar("T")
 
-_IN_PLACE_FUNCTIONS = {
+DEFAULT_THREADS = torch.get_num_threads()
+"""torch's intra-op thread count, read once, at import: the count of every batch not run on one thread."""
+
+_OUT_OF_PLACE_FUNCTIONS = {
     operator.iadd: operator.add,
     operator.isub: operator.sub,
     operator.imul: operator.mul,
     operator.itruediv: operator.truediv,
+    operator.ifloordiv: operator.floordiv,
+    operator.imod: operator.mod,
+    operator.ipow: operator.pow,
+    torch.relu_: torch.relu,
+    torch.sigmoid_: torch.sigmoid,
+    torch.tanh_: torch.tanh,
+    torch.clamp_: torch.clamp,
+    torch.clip_: torch.clip,
+    torch.exp_: torch.exp,
+    torch.neg_: torch.neg,
+    torch.selu_: torch.selu,
+    torch.celu_: torch.celu,
+    torch.threshold_: torch.threshold,
+    F.hardtanh_: F.hardtanh,
+    F.elu_: F.elu,
+    F.leaky_relu_: F.leaky_relu,
 }
+"""In-place functions (``torch.relu_`` is also ``F.relu_``) and their out-of-place forms, same arguments."""
+
+_OUT_OF_PLACE_METHODS = {
+    name + "_": name
+    for name in (
+        "relu", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max", "clip", "exp", "neg", "abs", "sqrt", "pow",
+        "add", "sub", "mul", "div", "masked_fill",
+    )
+}
+
+_INPLACE_FLAG_POSITIONS = {
+    function: list(inspect.signature(function).parameters).index("inplace")
+    for function in (
+        F.relu, F.relu6, F.hardtanh, F.elu, F.selu, F.celu, F.leaky_relu, F.rrelu, F.threshold, F.silu, F.mish,
+        F.hardswish, F.hardsigmoid, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+        F.feature_alpha_dropout,
+    )
+}
+"""Functions taking an ``inplace`` flag, and its position: ``F.hardtanh(x, 0, 6, True)`` writes into ``x``."""
+
+_WRITING_OPERATORS = {
+    operator.setitem, operator.delitem, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+    operator.ilshift, operator.irshift, operator.iconcat,
+}
+"""Operators that write into their first argument and are not rewritten: the graph is not used."""
+
+_NEW_VALUE_FUNCTIONS = {
+    *_OUT_OF_PLACE_FUNCTIONS.values(),
+    F.conv2d, torch.conv2d, F.linear, F.relu, F.relu6, F.hardtanh, F.elu, F.selu, F.celu, F.leaky_relu, F.gelu,
+    F.silu, F.mish, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.softmax, F.log_softmax, F.interpolate,
+    F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.batch_norm, F.layer_norm,
+    F.group_norm, F.normalize, operator.neg, operator.matmul, torch.add, torch.sub, torch.mul, torch.div,
+    torch.matmul, torch.cat, torch.concat, torch.stack, torch.maximum, torch.minimum, torch.where, torch.mean,
+    torch.sum, torch.clone,
+}
+"""Functions whose result never shares memory with their arguments (with ``inplace`` off)."""
+
+_NEW_VALUE_METHODS = {*_OUT_OF_PLACE_METHODS.values(), "mean", "sum", "amax", "softmax", "log_softmax", "clone", "matmul"}
+
+_VIEW_MODULES = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+"""Modules that may give back their input itself, or a view of it (dropout in eval mode returns its input)."""
 
 
 @dataclass
 class FastCopy:
-    """What to run a replica's many forward passes on.
+    """What to run a replica's many forward passes on: call it with a batch.
 
     module: the network to call for whole batches (the folded traced copy, or the replica itself).
     graph: the traced copy the incremental engine follows; None when the replica cannot be traced.
     memory_formats: the memory formats whose outputs stay within ``TOLERANCE`` of the replica's.
+    replica: the replica, weakly (this is cached with the replica as its key).
     """
 
     module: nn.Module
     graph: fx.GraphModule | None
     memory_formats: tuple[torch.memory_format, ...]
+    replica: "weakref.ref[nn.Module]" = field(repr=False)
+
+    def __call__(self, batch: Tensor):
+        """``module(batch)``; a traced copy that raises (it was checked on one shape, and a graph can fail on
+        another batch size) gives way to the replica, for this call and every later one."""
+        replica = self.replica()
+        if self.module is not replica:
+            try:
+                return self.module(batch)
+            except Exception:  # noqa: BLE001 - whatever the graph's failure, the replica is the answer
+                self.module, self.graph = replica, None
+        return replica(batch)
 
 
 @dataclass
@@ -155,22 +244,35 @@ def _checked_form(replica: nn.Module, candidates: list[fx.GraphModule], example:
     for graph in candidates:
         formats = _faithful_formats(graph, example, reference)
         if formats:
-            return FastCopy(graph, graph, formats)
-    return FastCopy(replica, None, _faithful_formats(replica, example, reference) or (torch.contiguous_format,))
+            return FastCopy(graph, graph, formats, weakref.ref(replica))
+    formats = _faithful_formats(replica, example, reference) or (torch.contiguous_format,)
+    return FastCopy(replica, None, formats, weakref.ref(replica))
 
 
 def _faithful_formats(module: nn.Module, example: Tensor, reference) -> tuple[torch.memory_format, ...]:
-    return tuple(f for f in MEMORY_FORMATS if outputs_close(module(example.contiguous(memory_format=f)), reference))
+    """The memory formats in which ``module`` runs ``example`` without raising and within ``TOLERANCE`` of
+    ``reference``."""
+    faithful = []
+    for memory_format in MEMORY_FORMATS:
+        try:
+            output = module(example.contiguous(memory_format=memory_format))
+        except Exception:  # noqa: BLE001 - a form that raises is one not to use, whatever it raises
+            continue
+        if outputs_close(output, reference):
+            faithful.append(memory_format)
+    return tuple(faithful)
 
 
 def outputs_close(output, reference) -> bool:
+    """Whether ``output`` has ``reference``'s structure, shapes and dtypes, each floating-point tensor within
+    ``TOLERANCE`` of the reference's largest magnitude and every other tensor equal."""
     ours, ours_spec = tree_flatten(output)
     theirs, theirs_spec = tree_flatten(reference)
     if ours_spec != theirs_spec:
         return False
     for mine, expected in zip(ours, theirs):
         if isinstance(expected, Tensor):
-            if not isinstance(mine, Tensor) or mine.shape != expected.shape:
+            if not isinstance(mine, Tensor) or mine.shape != expected.shape or mine.dtype != expected.dtype or mine.device != expected.device:
                 return False
             if expected.is_floating_point():
                 scale = float(expected.abs().max()) if expected.numel() else 0.0
@@ -198,49 +300,155 @@ def _traced_forms(replica: nn.Module) -> list[fx.GraphModule]:
 def _functional(gm: fx.GraphModule, replica_modules: set[int]) -> bool:
     """Rewrite ``gm`` in place so that no node writes into another node's value, each zero-padded
     ``nn.Conv2d`` is a ``conv2d`` call on the module's weights and each ``nn.MaxPool2d`` runs in channels_last
-    (:class:`ChannelsLastMaxPool2d`). False if a module that would need
-    replacing is shared with the replica (never the case for a freshly traced module's parents)."""
+    (:class:`ChannelsLastMaxPool2d`). False if an in-place op cannot be undone faithfully
+    (:func:`_undo_in_place`), or if a module that would need replacing is shared with the replica (never the
+    case for a freshly traced module's parents)."""
     graph = gm.graph
     for node in list(graph.nodes):
-        if node.op == "call_function" and node.target in _IN_PLACE_FUNCTIONS:
-            node.target = _IN_PLACE_FUNCTIONS[node.target]
-        elif node.op == "call_function" and node.kwargs.get("inplace"):
-            node.kwargs = {**node.kwargs, "inplace": False}
-        elif node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__"):
-            if hasattr(Tensor, node.target[:-1]):
-                node.target = node.target[:-1]
-        elif node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            replacement = None
-            if getattr(module, "inplace", False) is True:
-                replacement = copy.deepcopy(module)
-                replacement.inplace = False
-            elif type(module) is nn.MaxPool2d and not module.return_indices:
-                replacement = ChannelsLastMaxPool2d(
-                    module.kernel_size, module.stride, module.padding, module.dilation, ceil_mode=module.ceil_mode
+        if not _undo_in_place(gm, node, replica_modules):
+            return False
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if type(module) is nn.MaxPool2d and not module.return_indices:
+            replacement = ChannelsLastMaxPool2d(
+                module.kernel_size, module.stride, module.padding, module.dilation, ceil_mode=module.ceil_mode
+            )
+            if not _replace_module(gm, node.target, replacement, replica_modules):
+                return False
+        elif type(module) is nn.Conv2d and module.padding_mode == "zeros":
+            with graph.inserting_before(node):
+                weight = graph.get_attr(f"{node.target}.weight")
+                bias = graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
+                conv = graph.call_function(
+                    F.conv2d,
+                    (node.args[0], weight, bias, module.stride, module.padding, module.dilation, module.groups),
                 )
-            if replacement is not None:
-                parent, _, name = node.target.rpartition(".")
-                owner = gm.get_submodule(parent)
-                if id(owner) in replica_modules:
-                    return False
-                setattr(owner, name, replacement)
-            elif type(module) is nn.Conv2d and module.padding_mode == "zeros":
-                with graph.inserting_before(node):
-                    weight = graph.get_attr(f"{node.target}.weight")
-                    bias = graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
-                    conv = graph.call_function(
-                        F.conv2d,
-                        (node.args[0], weight, bias, module.stride, module.padding, module.dilation, module.groups),
-                    )
-                # The conv keeps the module's place in the hierarchy: cut.py finds a layer's output by it.
-                conv.meta = dict(node.meta)
-                node.replace_all_uses_with(conv)
-                graph.erase_node(node)
+            # The conv keeps the module's place in the hierarchy: cut.py finds a layer's output by it.
+            conv.meta = dict(node.meta)
+            node.replace_all_uses_with(conv)
+            graph.erase_node(node)
     _merge_zero_padding(gm)
     graph.lint()
     gm.recompile()
     return True
+
+
+def _replace_module(gm: fx.GraphModule, target: str, replacement: nn.Module, replica_modules: set[int]) -> bool:
+    parent, _, name = target.rpartition(".")
+    owner = gm.get_submodule(parent)
+    if id(owner) in replica_modules:
+        return False
+    setattr(owner, name, replacement)
+    return True
+
+
+def _undo_in_place(gm: fx.GraphModule, node: fx.Node, replica_modules: set[int]) -> bool:
+    """If ``node`` writes into its first argument, make it compute a new value, which the nodes after it read
+    in place of the argument. False where that is not done: an op that writes but is not in the lists above
+    (:func:`_writes_in_place`), and a rewrite that would not be faithful (:func:`_written_alone`)."""
+    writes = _writes_in_place(gm, node)
+    if writes is None:
+        return True
+    written = node.args[0] if node.args else None
+    if not writes or not isinstance(written, fx.Node) or not _written_alone(gm, node, written):
+        return False
+    if node.op == "call_module":
+        replacement = copy.deepcopy(gm.get_submodule(node.target))
+        replacement.inplace = False
+        if not _replace_module(gm, node.target, replacement, replica_modules):
+            return False
+    elif node.op == "call_method":
+        node.target = _OUT_OF_PLACE_METHODS[node.target]
+    elif node.target in _OUT_OF_PLACE_FUNCTIONS:
+        node.target = _OUT_OF_PLACE_FUNCTIONS[node.target]
+    else:
+        _clear_inplace_flag(node)
+    order = {other: index for index, other in enumerate(gm.graph.nodes)}
+    written.replace_all_uses_with(node, delete_user_cb=lambda user: order[user] > order[node])
+    return True
+
+
+def _writes_in_place(gm: fx.GraphModule, node: fx.Node) -> bool | None:
+    """None if ``node`` writes into nothing; True if it writes into its first argument in a way
+    :func:`_undo_in_place` rewrites: an in-place function or method of the lists above (``torch.relu_``,
+    ``x.add_``), a function's ``inplace`` flag given by name or by position (``F.hardtanh(x, 0, 6, True)``), a
+    module's ``inplace`` attribute; False if it writes (or may write) any other way: item assignment, a flag
+    computed by the forward, a method or function not listed whose name ends in ``_``."""
+    if node.op == "call_function":
+        if node.target in _OUT_OF_PLACE_FUNCTIONS:
+            return True
+        if node.target in _INPLACE_FLAG_POSITIONS:
+            flag = _inplace_flag(node)
+            return False if isinstance(flag, fx.Node) else (True if flag else None)
+        writes = node.target in _WRITING_OPERATORS or _in_place_name(getattr(node.target, "__name__", ""))
+        return False if writes else None
+    if node.op == "call_method":
+        if node.target in _OUT_OF_PLACE_METHODS:
+            return True
+        return False if _in_place_name(node.target) else None
+    if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False):
+        return True
+    return None
+
+
+def _in_place_name(name: str) -> bool:
+    """torch's naming of in-place ops (``relu_``), not a dunder."""
+    return name.endswith("_") and not name.endswith("__")
+
+
+def _inplace_flag(node: fx.Node):
+    position = _INPLACE_FLAG_POSITIONS[node.target]
+    if "inplace" in node.kwargs:
+        return node.kwargs["inplace"]
+    return node.args[position] if len(node.args) > position else False
+
+
+def _clear_inplace_flag(node: fx.Node) -> None:
+    position = _INPLACE_FLAG_POSITIONS[node.target]
+    if "inplace" in node.kwargs:
+        node.kwargs = {**node.kwargs, "inplace": False}
+    else:
+        node.args = (*node.args[:position], False, *node.args[position + 1 :])
+
+
+def _written_alone(gm: fx.GraphModule, node: fx.Node, written: fx.Node) -> bool:
+    """Whether ``node`` writing into ``written`` can be made out-of-place faithfully: nothing that may share
+    ``written``'s memory (a view of it, or what it is a view of) is the forward's input or a weight, or is
+    read after ``node``, when it would see the written values."""
+    order = {other: index for index, other in enumerate(gm.graph.nodes)}
+    for other in _sharing_memory(gm, written):
+        if other.op in ("placeholder", "get_attr"):
+            return False
+        if other is not written and order[other] < order[node] and any(order[user] > order[node] for user in other.users):
+            return False
+    return True
+
+
+def _sharing_memory(gm: fx.GraphModule, node: fx.Node) -> set[fx.Node]:
+    """The nodes whose values may share memory with ``node``'s: up through what it may be a view of, and down
+    through what may be a view of it."""
+    found, pending = {node}, [node]
+    while pending:
+        current = pending.pop()
+        linked = list(current.all_input_nodes) if _may_view_inputs(gm, current) else []
+        linked += [user for user in current.users if _may_view_inputs(gm, user)]
+        for other in linked:
+            if other not in found:
+                found.add(other)
+                pending.append(other)
+    return found
+
+
+def _may_view_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s value may be one of its inputs or a view of one: any op not known to make a new tensor."""
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _VIEW_MODULES)
+    if node.op == "call_function":
+        return node.target not in _NEW_VALUE_FUNCTIONS
+    if node.op == "call_method":
+        return node.target not in _NEW_VALUE_METHODS
+    return False
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -353,21 +561,92 @@ class Setting:
     memory_format: torch.memory_format
     batch_size: int
     threads: int
+    """1, or ``DEFAULT_THREADS``: run on a one-thread worker, or on the calling thread (:func:`on_threads`)."""
 
 
-@contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """Run the block's torch ops on ``count`` threads. The setting belongs to the calling thread (OpenMP),
-    so other threads of the process keep theirs; it is given back on the way out."""
-    before = torch.get_num_threads()
-    if count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+class _OneThreadWorkers:
+    """Threads that each set torch to one intra-op thread once, when they start, then run the work handed to
+    them, one batch at a time each (as many workers as ``DEFAULT_THREADS``: two panels' one-thread batches
+    run side by side)."""
+
+    def __init__(self, count: int):
+        self._work: "queue.SimpleQueue[tuple[Callable[[], object], Future]]" = queue.SimpleQueue()
+        started = threading.Barrier(count + 1)
+        for index in range(count):
+            threading.Thread(target=self._serve, args=(started,), name=f"cnnviz-one-thread-{index}", daemon=True).start()
+        started.wait()
+        # Each worker's set_num_threads(1) also set the count that threads started from now on take: the
+        # default goes back, and this thread's own count is that default already.
+        torch.set_num_threads(DEFAULT_THREADS)
+
+    def _serve(self, started: threading.Barrier) -> None:
+        # A thread's count is initialised from the process-wide one at its first torch call; made first here,
+        # that initialisation cannot undo the setting below later.
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+        _ON_ONE_THREAD.active = True
+        started.wait()
+        while True:
+            work, future = self._work.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
+                    future.set_exception(error)
+
+    def run(self, work: Callable[[], T]) -> T:
+        future: Future = Future()
+        self._work.put((work, future))
+        try:
+            return future.result()
+        finally:
+            # A caller interrupted meanwhile (Ctrl-C) still waits for its batch: once it lets go of the
+            # replica's lock, no work of its own may still be running on the replica.
+            if not future.cancel():
+                wait([future])
+
+
+_ON_ONE_THREAD = threading.local()
+_WORKERS_LOCK = threading.Lock()
+_workers: _OneThreadWorkers | None = None
+
+
+def _one_thread_workers() -> _OneThreadWorkers:
+    global _workers
+    with _WORKERS_LOCK:
+        if _workers is None:
+            _workers = _OneThreadWorkers(DEFAULT_THREADS)
+        return _workers
+
+
+def _forget_workers() -> None:
+    """In a forked child: the parent's workers were not copied; the child starts its own when it needs them."""
+    global _workers
+    _workers = None
+
+
+def on_threads(count: int, work: Callable[[], T]) -> T:
+    """``work()`` with torch on ``count`` intra-op threads: on the calling thread, or for one thread (when
+    torch has more), on a worker that set its count to one when it started. The calling thread's gradient
+    and inference modes go with the work. Work on a worker must not wait for a lock the caller holds."""
+    if count != 1 or DEFAULT_THREADS == 1 or getattr(_ON_ONE_THREAD, "active", False):
+        return work()
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def in_callers_modes():
+        # In this order: leaving inference mode (inference_mode(False)) turns gradients on.
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return work()
+
+    return _one_thread_workers().run(in_callers_modes)
+
+
+if DEFAULT_THREADS > 1:
+    # Started now, at import, rather than at the first one-thread batch: between a worker's set_num_threads(1)
+    # and the default's return, a thread starting elsewhere (a panel's worker) would take one thread for life.
+    _one_thread_workers()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_workers)
 
 
 class Tuner:
@@ -394,15 +673,14 @@ class Tuner:
         """``work()``, a batch of ``items`` run with ``setting`` (its memory format is the caller's to use),
         on the setting's threads, its time recorded."""
         start = time.perf_counter()
-        with intra_op_threads(setting.threads):
-            result = work()
+        result = on_threads(setting.threads, work)
         self.record(setting, time.perf_counter() - start, items)
         return result
 
 
 def candidates(memory_formats, batch_sizes) -> list[Setting]:
     """The settings a tuner tries: each memory format with each batch size, on torch's threads or on one."""
-    threads = sorted({torch.get_num_threads(), 1}, reverse=True)
+    threads = sorted({DEFAULT_THREADS, 1}, reverse=True)
     return [Setting(f, size, count) for f in memory_formats for size in batch_sizes for count in threads]
 
 
@@ -427,6 +705,6 @@ def forwarder(replica: nn.Module, example: Tensor, work: Hashable, batch_size: i
 
     def run(batch: Tensor):
         setting = chooser.next()
-        return chooser.timed(setting, len(batch), lambda: fast.module(batch.contiguous(memory_format=setting.memory_format)))
+        return chooser.timed(setting, len(batch), lambda: fast(batch.contiguous(memory_format=setting.memory_format)))
 
     return run

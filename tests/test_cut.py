@@ -145,3 +145,64 @@ def test_the_cut_at_a_classifiers_input_gives_the_embeddings_and_the_logits(make
         expected_logits = model(batch)
     torch.testing.assert_close(embeddings, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-4 * float(expected_logits.abs().max()))
+
+
+class BatchLimited(nn.Module):
+    """Stands for a cut that raises on more images than ``largest_batch`` (a graph checked on one image that
+    fails on a batch)."""
+
+    def __init__(self, graph: nn.Module, largest_batch: int):
+        super().__init__()
+        self.graph, self.largest_batch = graph, largest_batch
+
+    def forward(self, x):
+        if len(x) > self.largest_batch:
+            raise RuntimeError(f"shape '[{self.largest_batch}, -1]' is invalid for input of size {x.numel()}")
+        return self.graph(x)
+
+
+def with_limited_cuts(monkeypatch, largest_batch: int) -> None:
+    made = cut._cut
+
+    def limited(traced_graph, name, side):
+        found = made(traced_graph, name, side)
+        if found is not None:
+            found.below = BatchLimited(found.below, largest_batch)
+        return found
+
+    monkeypatch.setattr(cut, "_cut", limited)
+
+
+def test_a_cut_that_raises_on_its_check_is_not_used(monkeypatch):
+    with_limited_cuts(monkeypatch, largest_batch=0)
+    model = resnet18()
+    x = torch.rand(3, 64, 64)
+    with borrow(model) as replica:
+        assert cut.layer_cut(replica, "layer4", x[None]) is None
+    expected = captum_map(model, x, "layer4")
+    torch.testing.assert_close(cw.cam(model, x, "layer4", TARGET, "hires-cam", raw=True), expected, rtol=0, atol=1e-4 * float(expected.max()))
+
+
+@pytest.mark.parametrize("layer, side, differentiable", [("fc", "input", False), ("layer4", "output", True)])
+def test_a_cut_that_raises_on_a_batch_answers_by_hooking_the_replica(monkeypatch, layer, side, differentiable):
+    with_limited_cuts(monkeypatch, largest_batch=1)
+    model = resnet18()
+    batch = torch.rand(4, 3, 64, 64)
+    with borrow(model) as replica, torch.set_grad_enabled(differentiable):
+        at_layer = cut.layer_cut(replica, layer, batch, side)
+        assert at_layer is not None and isinstance(at_layer.below, BatchLimited), "checked on one image, the cut is used"
+        seen, logits = at_layer.run(replica, batch, differentiable)
+        assert cut.layer_cut(replica, layer, batch, side) is None, "after it raised, the cut is not used again"
+        if differentiable:
+            (gradient,) = torch.autograd.grad(logits[:, TARGET].sum(), seen)
+    module = model.get_submodule(layer)
+    expected = LayerActivation(model, module).attribute(batch, attribute_to_layer_input=side == "input")
+    with torch.no_grad():
+        expected_logits = model(batch)
+    torch.testing.assert_close(seen.detach(), expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+    torch.testing.assert_close(logits.detach(), expected_logits, rtol=0, atol=1e-4 * float(expected_logits.abs().max()))
+    if differentiable:
+        expected_product = LayerGradientXActivation(model, module).attribute(batch, target=TARGET)
+        torch.testing.assert_close(
+            gradient * seen.detach(), expected_product, rtol=0, atol=1e-4 * float(expected_product.abs().max())
+        )

@@ -19,7 +19,8 @@ from torch import nn
 
 import cnnviz_widgets as cw
 from cnnviz_widgets import fast
-from cnnviz_widgets.fast import FastCopy, Setting, Tuner, fast_copy
+from cnnviz_widgets.fast import FastCopy, Setting, Tuner, fast_copy, outputs_close
+from cnnviz_widgets.methods import incremental
 from cnnviz_widgets.methods.incremental import (
     FULL,
     REGION,
@@ -29,7 +30,7 @@ from cnnviz_widgets.methods.incremental import (
     engine_for,
     region_boxes,
 )
-from cnnviz_widgets.methods.occlusion import window_boxes
+from cnnviz_widgets.methods.occlusion import refinement_levels, window_boxes
 from cnnviz_widgets.probe import probe
 from cnnviz_widgets.replica import borrow
 from method_helpers import assert_close_relative
@@ -356,3 +357,84 @@ def test_max_pooling_in_channels_last_gives_torchs_values_in_the_inputs_layout(c
     ours = fast.ChannelsLastMaxPool2d(3, 2, 1, ceil_mode=ceil_mode)(x)
     assert torch.equal(ours, nn.MaxPool2d(3, 2, 1, ceil_mode=ceil_mode)(x.contiguous()))
     assert ours.is_contiguous(memory_format=memory_format)
+
+
+def fresh_resnet18():
+    """A model of the test's own: what the engine learns about a graph (its verdicts) stays with it."""
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+def occlusion_boxes(size: int, window: int, stride: int):
+    """The boxes in the order occlusion hands them to its engine (coarse to fine)."""
+    boxes, rows, cols = window_boxes(size, size, (window, window), (stride, stride))
+    return [boxes[position] for level in refinement_levels(rows, cols) for position in level]
+
+
+def test_an_engine_that_misjudges_a_reach_gives_way_to_whole_passes(monkeypatch, small_image):
+    """The engine believes that each sliding window's output changes only under the changed place of its
+    input, ignoring the kernel's extent: its first batch differs from whole passes, so whole passes give
+    the map, and the next map of that shape runs whole passes from the start."""
+    counted = incremental.region_boxes
+
+    def too_small(op, regions, size):
+        boxes = counted(op, regions, size)
+        if isinstance(op, Window):
+            boxes = boxes.copy()
+            boxes[:, 1], boxes[:, 3] = boxes[:, 0] + 1, boxes[:, 2] + 1
+        return boxes
+
+    monkeypatch.setattr(incremental, "region_boxes", too_small)
+    model = fresh_resnet18()
+    image, fill = small_image.unsqueeze(0), torch.zeros(1, 3, 64, 64)
+    boxes = occlusion_boxes(64, 12, 10)
+    with borrow(model) as replica, probe(replica):
+        copy = fast_copy(replica, image)
+        engine = engine_for(copy, image, fill, boxes)
+        assert isinstance(engine, IncrementalInference)
+        first = range(16)
+        assert not outputs_close(engine._incremental(first, torch.contiguous_format), engine.whole(first)), (
+            "unchecked, the engine would be wrong"
+        )
+    ours = cw.occlusion(model, small_image, 2, window=12, stride=10)
+    whole = cw.occlusion(model, small_image, 2, window=12, stride=10, incremental=False)
+    assert_close_relative(ours.scores, whole.scores)
+    with borrow(model) as replica, probe(replica):
+        assert isinstance(engine_for(fast_copy(replica, image), image, fill, boxes), FullRecompute)
+
+
+def test_an_engine_that_raises_gives_way_to_whole_passes(monkeypatch, small_image):
+    def failing_crop(*args, **kwargs):
+        raise RuntimeError("a region the engine cannot cut")
+
+    monkeypatch.setattr(incremental, "crop", failing_crop)
+    model = fresh_resnet18()
+    ours = cw.occlusion(model, small_image, 2, window=12, stride=10)
+    whole = cw.occlusion(model, small_image, 2, window=12, stride=10, incremental=False)
+    assert_close_relative(ours.scores, whole.scores)
+
+
+@pytest.mark.slow
+def test_a_faithful_engine_is_checked_once_per_shape_and_memory_format(monkeypatch, small_image):
+    """``CHECKED_POSITIONS`` of the first batch in each memory format also run whole; once the tuner has
+    tried every setting, a map of the same shape runs no whole pass at all."""
+    model = fresh_resnet18()
+    whole_batches = []
+    run = FullRecompute.__call__
+    monkeypatch.setattr(FullRecompute, "__call__", lambda self, *args: whole_batches.append(args) or run(self, *args))
+    images = [small_image, torch.flip(small_image, dims=(2,)), torch.flip(small_image, dims=(1,)), -small_image]
+    maps = [cw.occlusion(model, image, 2, window=12, stride=10).scores for image in images]
+    with borrow(model) as replica, probe(replica):
+        formats = fast_copy(replica, small_image.unsqueeze(0)).memory_formats
+    assert all(len(positions) == 1 for positions, _ in whole_batches), "checked one position at a time"
+    checked = {str(memory_format): 0 for memory_format in formats}
+    for _, memory_format in whole_batches:
+        checked[str(memory_format)] += 1
+    # A first batch cut short by the end of a level has fewer positions than CHECKED_POSITIONS: all are checked.
+    assert all(1 <= count <= incremental.CHECKED_POSITIONS for count in checked.values())
+    whole_batches.clear()
+    again = cw.occlusion(model, small_image, 2, window=12, stride=10).scores
+    assert whole_batches == []
+    whole = cw.occlusion(model, small_image, 2, window=12, stride=10, incremental=False).scores
+    assert_close_relative(maps[0], whole)
+    assert_close_relative(again, whole)
