@@ -1,11 +1,15 @@
 """Explanation methods side by side with the reference libraries, in one process.
 
-Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``). Prints two markdown tables:
+Run with ``make bench`` (or ``.venv/bin/python bench/bench_methods.py``; ``--first-batch-check`` runs only the
+last measurement below). Prints two markdown tables:
 for each model at 224 px, the best of several runs of our Grad-CAM (the raw map, as Captum's) and guided
 backprop next to Captum's and pytorch-grad-cam's, and the fast copy's forward pass alone (the floor of any Grad-CAM); then exact occlusion at two window settings next to
 Captum's ``Occlusion`` at its fastest ``perturbations_per_eval`` (picked in a first trial), with the largest
 difference between the two attributions on softmax outputs. Then the time of 8 filter patterns at 128 px,
-and the memory (RSS) growth over 300 rounds of grad_cam + guided_backprop + feature_maps.
+and the memory (RSS) growth over 300 rounds of grad_cam + guided_backprop + feature_maps. Last, the cost of
+the incremental engine's first-batch check (4 positions of the first batch of a new shape, in each memory
+format, also run as whole passes) on a window 32, stride 8 map of a demo photo on EfficientNet-Lite0, as a
+fraction of the map.
 
 ResNet18 and VGG16 use random weights (speed does not depend on them); EfficientNet-Lite0 is the demo
 model with its pretrained weights.
@@ -13,12 +17,14 @@ model with its pretrained weights.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import gc
 import os
 import time
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torchvision
@@ -27,7 +33,10 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import cnnviz_widgets as cw
+from cnnviz_widgets import fast
 from cnnviz_widgets.fast import fast_copy
+from cnnviz_widgets.methods import incremental
+from cnnviz_widgets.methods.incremental import FullRecompute
 from cnnviz_widgets.replica import borrow
 
 SIZE = 224
@@ -41,6 +50,8 @@ OCCLUSION_SETTLING_POSITIONS = 512
 and threads on the work itself (then kept for the model), as a user's first maps do: 8 settings (2 memory
 formats, 2 batch sizes, 1 or 2 threads) tried twice, 384 positions, plus the short last batch of each map."""
 MEMORY_ROUNDS = 300
+CHECK_RUNS = 3
+CHECK_WINDOW, CHECK_STRIDE = 32, 8
 PATTERN_FILTERS, PATTERN_SIZE = 8, 128
 
 
@@ -200,13 +211,81 @@ def memory_growth(model, layer, x) -> float:
     return rss_mib() - before
 
 
+@contextmanager
+def whole_pass_seconds():
+    """The seconds of every whole-pass batch run inside the block, listed as they end."""
+    seconds = []
+    run = FullRecompute.__call__
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    FullRecompute.__call__ = timed
+    try:
+        yield seconds
+    finally:
+        FullRecompute.__call__ = run
+
+
+def first_batch_check(model, x, target: int) -> list[tuple[str, float, float, int]]:
+    """(map, check seconds, map seconds, positions checked): the check's whole passes against the time of the
+    map that ran them, for a user's first map of this window (the tuner trying its settings, every memory
+    format checked) and for a map once the tuner has settled (one memory format), the engine's verdicts
+    forgotten before each map so that it checks again. Of ``CHECK_RUNS`` maps of each kind, the one with
+    the median fraction: a burst of load from other work can land on the check or on the rest of the map."""
+
+    def one_map():
+        incremental._VERDICTS.clear()
+        with whole_pass_seconds() as seconds:
+            start = time.perf_counter()
+            cw.occlusion(model, x, target, window=CHECK_WINDOW, stride=CHECK_STRIDE)
+            total = time.perf_counter() - start
+        return sum(seconds), total, len(seconds)
+
+    def first_map():
+        with borrow(model) as replica:
+            fast._TUNERS.pop(replica, None)
+        return one_map()
+
+    def median(maps):
+        return sorted(maps, key=lambda row: row[0] / row[1])[len(maps) // 2]
+
+    # The fast copy of this picture's shape exists before the first map, as after any other map.
+    cw.occlusion(model, x, target, window=56, stride=28)
+    first = median([first_map() for _ in range(CHECK_RUNS)])
+    return [("first map (tuning)", *first), ("settled map", *median([one_map() for _ in range(CHECK_RUNS)]))]
+
+
+def print_first_batch_check(model):
+    x = cw.demo.imagenet_preprocess(cw.demo.photos()["chelsea"])[0]
+    with torch.no_grad():
+        target = int(model(x[None]).argmax())
+    print(f"\nFirst-batch check of the incremental engine, EfficientNet-Lite0, chelsea at {SIZE} px, window "
+          f"{CHECK_WINDOW}, stride {CHECK_STRIDE}: the whole passes that check positions of the first batch of a "
+          "new shape in each memory format, against the map's time\n")
+    print("| map | positions checked | check (ms) | map (ms) | check / map |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, check, total, positions in first_batch_check(model, x, target):
+        print(f"| {name} | {positions} | {milliseconds(check)} | {milliseconds(total)} | {check / total:.1%} |", flush=True)
+
+
 def milliseconds(seconds):
     return "—" if seconds is None else f"{seconds * 1000:.0f}"
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--first-batch-check", action="store_true", help="only the incremental engine's first-batch check")
+    arguments = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(True)
+    if arguments.first_batch_check:
+        print_first_batch_check(cw.demo.imagenet_model()[0])
+        return
     x = torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {GRADIENT_RUNS} runs, "
           f"input {SIZE} px\n")
@@ -243,6 +322,7 @@ def main():
     name, model, layer = all_models[0]
     print(f"RSS growth over {MEMORY_ROUNDS} rounds of grad_cam + guided_backprop + feature_maps ({name}, "
           f"{SIZE} px): {memory_growth(model, layer, x):.1f} MiB")
+    print_first_batch_check(efficientnet)
 
 
 if __name__ == "__main__":
