@@ -189,6 +189,7 @@ def test_contrast_is_the_map_of_the_logit_difference(method, digits_model, digit
     assert not torch.equal(contrasted, cw.cam(digits_model, x, "features.conv3", 2, method, raw=True))
 
 
+@pytest.mark.slow
 def test_contrast_lights_the_object_of_the_target_rather_than_the_other(efficientnet, cat_and_coffee):
     """Chelsea on the left half, the espresso on the right: "coffee rather than cat" looks right, and back.
     Measured: 0.51 on the right against 0.008 on the left, and 0.54 on the left against 0.006 on the right."""

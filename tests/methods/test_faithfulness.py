@@ -103,6 +103,7 @@ def test_curves_run_from_the_image_to_the_baseline(baseline):
     assert result.deletion.shape == result.insertion.shape == (6,)
 
 
+@pytest.mark.slow
 def test_a_map_of_the_cat_deletes_and_inserts_faster_than_its_reverse(efficientnet, request):
     """On the demo model, the cat's Grad-CAM beats the same map read backwards (least salient first)."""
     x = request.getfixturevalue("cat_and_coffee")[:, :, :112]

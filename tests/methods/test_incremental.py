@@ -312,6 +312,7 @@ def test_fast_copy_outputs_with_the_replicas_output_structure():
         assert fast_copy(replica, x.unsqueeze(0)).graph is not None
 
 
+@pytest.mark.slow
 def test_tracing_leaves_other_threads_forward_passes_alone():
     """fx patches ``nn.Module.__call__`` for the whole process while it traces: a forward pass in another
     thread (a panel's, or the user's own) must still run its modules as plain modules, and give its usual
