@@ -19,6 +19,7 @@ from ..cache import key as cache_key
 from ..data import Evaluation, evaluate_and_embed
 from ..identity import uncertain_reason
 from ..replica import VIEWS, WORK
+from ..sprites import HOVER_MAX_SIDE, HOVER_THUMBNAIL_SIZE, Atlas, AtlasBuilder, build_atlas
 
 # Images per batch of the pass over a test set. Activations that stay in the CPU's caches beat large
 # batches: 2,000 JPEGs through EfficientNet-Lite0 read at 57 images/s in batches of 16, 48 in batches of 8
@@ -38,6 +39,7 @@ class DatasetPass:
         self._disk = disk
         self.not_kept: str | None = None
         """Why the results of the pass are not kept on disk although a cache folder is set, or None."""
+        self._tiled: Atlas | None = None
 
     def results(self, checkpoint=None, partial_every: float | None = None) -> tuple[Evaluation, np.ndarray]:
         """``(evaluation, embeddings)`` of every image.
@@ -57,18 +59,37 @@ class DatasetPass:
             session = self._session
             # Without labels the pass still gives predictions and embeddings; its confusion is not shown.
             labels = session.labels if session.labels is not None else np.zeros(session.count, dtype=np.int64)
+            # The pass decodes every picture for the model: the hover thumbnails tiled meanwhile spare the
+            # Projector a second reading of the folder when it opens. The pictures stay the same when the
+            # weights change: one pass tiles them.
+            tiles = None
+            if session.given_inputs is None and self._tiled is None:
+                tiles = AtlasBuilder(session.count, HOVER_THUMBNAIL_SIZE, HOVER_MAX_SIDE)
             with session.replicas.borrow(WORK) as replica:
                 evaluation, embeddings = evaluate_and_embed(
                     replica, session.pass_images(), labels, batch_size=PASS_BATCH_SIZE, preprocess=session.preprocess,
                     progress=False, output=session.output, checkpoint=checkpoint, partial_every=partial_every,
-                    top_k=PASS_TOP_CLASSES,
+                    top_k=PASS_TOP_CLASSES, on_pictures=None if tiles is None else tiles.add,
                 )
+            if tiles is not None:
+                self._tiled = tiles.atlas()
+                self._tiled.png()
             if entry is not None:
                 arrays = {name: getattr(evaluation, name) for name in STORED if getattr(evaluation, name) is not None}
                 self._disk.save(entry, {**arrays, "embeddings": embeddings})
             return evaluation, embeddings
 
         return self._session.cached("once", ("pass",), compute, checkpoint)
+
+    def thumbnails(self) -> Atlas:
+        """Every picture's hover thumbnail in one atlas, PNG encoded: the one a pass tiled as it read the
+        pictures, or, when no pass read them here (its results came from the disk cache, or the images are
+        tensors), one tiled from the pictures now."""
+
+        def compute():
+            return self._tiled or build_atlas(self._session.pictures, HOVER_THUMBNAIL_SIZE, HOVER_MAX_SIDE)
+
+        return self._session.cached("once", ("thumbnails",), compute)
 
     def entry(self) -> str | None:
         """The disk cache's key for this model, these pictures and this preprocessing; None when not cached."""

@@ -169,7 +169,7 @@ class ProjectorPanel(Panel):
                 labels=self.session.labels,
                 predictions=view.predictions,
                 class_names=self.session.class_names,
-                images=self.session.pictures,
+                images=self.session.dataset_pass.thumbnails(),
             )
             self.scatter.observe(self._point_chosen, "selected")
             self.scatter_box.children = [self.scatter]

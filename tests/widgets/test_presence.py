@@ -44,7 +44,11 @@ def test_ten_dashboards_of_cells_run_again_stop_and_one_shown_again_catches_up(m
     monkeypatch.setattr(dashboard_module.Dashboard, "_weights_changed", counted)
     x, _, names = cw.demo.digits("test")
     model, pictures = cw.demo.digits_model(), cw.demo.digit_pictures(x[:PICTURES])
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
+
+    def started_since():
+        return [thread.name for thread in threading.enumerate() if thread not in threads_before]
+
     dashboards = []
     for _ in range(10):
         dashboard = cw.explore(model, pictures, class_names=names, preprocess=cw.demo.digits_preprocess, cache=False)
@@ -56,12 +60,12 @@ def test_ten_dashboards_of_cells_run_again_stop_and_one_shown_again_catches_up(m
     for dashboard in dashboards:
         show(dashboard.presence, "removed")
     assert wait_until(lambda: all(dashboard.presence.gone for dashboard in dashboards))
-    assert wait_until(lambda: threading.active_count() == threads_before), [t.name for t in threading.enumerate()]
+    assert wait_until(lambda: not started_since()), started_since()
 
     with torch.no_grad():
         model.features.conv3.weight.mul_(-1.0)
     time.sleep(0.5)
-    assert told == [] and threading.active_count() == threads_before
+    assert told == [] and not started_since()
 
     # Displayed again: the dashboard follows the model again and shows the new weights' Grad-CAM.
     again = dashboards[3]

@@ -9,6 +9,8 @@ import torch
 
 import cnnviz_widgets as cw
 from cnnviz_widgets.projection_process import TSNE_ITERATIONS
+from cnnviz_widgets.sources import PictureSource
+from cnnviz_widgets.sprites import HOVER_MAX_SIDE, HOVER_THUMBNAIL_SIZE, build_atlas
 from cnnviz_widgets.widgets import scatter_data
 from cnnviz_widgets.widgets.projector_panel import FRAME_SECONDS, NEIGHBOURS, WRONG_COLOR, _Frames
 from tests.model_state import ModelState
@@ -225,3 +227,31 @@ def test_the_nearest_images_by_cosine_similarity_follow_the_selection_and_a_clic
     assert panel.image == chosen and panel.scatter.selected == [chosen]
     settled(panel)
     assert panel.neighbours == cosine_neighbours(embeddings, chosen)[0]
+
+
+def test_opening_the_projector_after_the_pass_reads_no_picture_for_the_hover_thumbnails(digits, monkeypatch):
+    model, pictures, labels, names = digits
+    dashboard = settled(
+        cw.explore(model, pictures, labels=labels, class_names=names, preprocess=cw.demo.digits_preprocess, cache=False)
+    )
+    source = dashboard.session.pictures
+    read = []
+    read_picture = PictureSource.__getitem__
+
+    def counted(self, index):
+        if self is source:
+            read.append(index)
+        return read_picture(self, index)
+
+    monkeypatch.setattr(PictureSource, "__getitem__", counted)
+    dashboard.tabs.selected_index = list(dashboard.panels).index("Projector")
+    projector = settled(dashboard.panels["Projector"])
+
+    # Every hover thumbnail was tiled while the pass read the pictures: the only pictures read now are the
+    # nearest neighbours' shown under the scatter, at a larger size.
+    assert 0 < len(projector.neighbours) <= NEIGHBOURS
+    assert sorted(set(read)) == sorted(projector.neighbours)
+    expected = build_atlas(pictures, thumbnail_size=HOVER_THUMBNAIL_SIZE, max_side=HOVER_MAX_SIDE)
+    assert (projector.scatter.sprite_size, projector.scatter.sprite_columns) == (expected.thumbnail_size, expected.columns)
+    np.testing.assert_array_equal(pixels(projector.scatter.sprite), np.asarray(expected.image))
+    dashboard.close()
