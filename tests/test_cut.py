@@ -15,6 +15,7 @@ from torch import nn
 import cnnviz_widgets as cw
 from cnnviz_widgets import cut
 from cnnviz_widgets.replica import borrow
+from tests.stand_ins import BatchLimited
 
 TARGET = 3
 
@@ -145,20 +146,6 @@ def test_the_cut_at_a_classifiers_input_gives_the_embeddings_and_the_logits(make
         expected_logits = model(batch)
     torch.testing.assert_close(embeddings, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-4 * float(expected_logits.abs().max()))
-
-
-class BatchLimited(nn.Module):
-    """Stands for a cut that raises on more images than ``largest_batch`` (a graph checked on one image that
-    fails on a batch)."""
-
-    def __init__(self, graph: nn.Module, largest_batch: int):
-        super().__init__()
-        self.graph, self.largest_batch = graph, largest_batch
-
-    def forward(self, x):
-        if len(x) > self.largest_batch:
-            raise RuntimeError(f"shape '[{self.largest_batch}, -1]' is invalid for input of size {x.numel()}")
-        return self.graph(x)
 
 
 def with_limited_cuts(monkeypatch, largest_batch: int) -> None:

@@ -20,6 +20,7 @@ from cnnviz_widgets import cut, fast
 from cnnviz_widgets.methods.incremental import IncrementalInference, engine_for
 from cnnviz_widgets.replica import borrow
 from tests.model_state import ModelState
+from tests.stand_ins import BatchLimited
 
 SIZE, WINDOW, STRIDE, TARGET = 24, 8, 4, 2
 
@@ -159,19 +160,6 @@ def test_item_assignment_in_a_graph_is_refused():
     assert fast._functional(fx.GraphModule(nn.Module(), graph), set()) is False
 
 
-class Raising(nn.Module):
-    """Stands for a traced graph that fails on a batch of another size than the one it was checked on."""
-
-    def __init__(self, graph: fx.GraphModule, largest_batch: int):
-        super().__init__()
-        self.graph, self.largest_batch = graph, largest_batch
-
-    def forward(self, x):
-        if len(x) > self.largest_batch:
-            raise RuntimeError(f"shape '[{self.largest_batch}, -1]' is invalid for input of size {x.numel()}")
-        return self.graph(x)
-
-
 def small_model():
     torch.manual_seed(0)
     return nn.Sequential(
@@ -181,7 +169,7 @@ def small_model():
 
 def with_raising_forms(monkeypatch, largest_batch):
     traced_forms = fast._traced_forms
-    monkeypatch.setattr(fast, "_traced_forms", lambda replica: [Raising(form, largest_batch) for form in traced_forms(replica)])
+    monkeypatch.setattr(fast, "_traced_forms", lambda replica: [BatchLimited(form, largest_batch) for form in traced_forms(replica)])
 
 
 def test_a_graph_that_raises_on_the_check_is_not_used(monkeypatch):
@@ -202,7 +190,7 @@ def test_a_graph_that_raises_on_another_batch_size_gives_way_to_the_replica(monk
     batch = torch.randn(4, 3, SIZE, SIZE)
     with borrow(model) as replica, torch.no_grad():
         copy_ = fast.fast_copy(replica, x[None])
-        assert isinstance(copy_.module, Raising), "checked on one image, the traced copy is used"
+        assert isinstance(copy_.module, BatchLimited), "checked on one image, the traced copy is used"
         logits = fast.forwarder(replica, x[None], "test", len(batch))(batch)
         assert copy_.module is replica and copy_.graph is None, "after it raised, the replica runs"
         assert_close_to_scale(logits, model(batch))

@@ -16,6 +16,7 @@ import cnnviz_widgets as cw
 from cnnviz_widgets import replica
 from cnnviz_widgets.replica import Listeners, fingerprint, replicas_of
 from cnnviz_widgets.session import Session
+from tests.stand_ins import wait_until
 
 
 def small_cnn() -> nn.Module:
@@ -94,15 +95,6 @@ def test_a_single_element_of_a_large_tensor_changes_the_fingerprint():
 
 def watcher_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == "cnnviz-weights-watch"]
-
-
-def wait_until(condition, timeout=5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 class Counter:

@@ -5,7 +5,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import torch
 
 import cnnviz_widgets as cw
@@ -13,6 +12,7 @@ from cnnviz_widgets import render, replica
 from cnnviz_widgets.widgets import dashboard as dashboard_module
 from cnnviz_widgets.widgets import presence
 from panel_support import pixels, settled
+from tests.stand_ins import wait_until
 
 PICTURES = 6
 
@@ -20,15 +20,6 @@ PICTURES = 6
 def show(widget, event):
     """What the browser sends when a view is put on a page ("shown") or taken off ("removed")."""
     widget._handle_custom_msg({"event": event}, [])
-
-
-def wait_until(condition, timeout=10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_ten_dashboards_of_cells_run_again_stop_and_one_shown_again_catches_up(monkeypatch):
