@@ -245,13 +245,14 @@ class Panel(widgets.VBox):
         self._deferred_view = None
         self._deferred_long = None
         self._said_not_kept = False
-        self._paused_at = 0
         header = widgets.HTML(
             f"<div style='font-size:14px'><b>{drawing.escape(self.title)}</b> — {drawing.escape(self.caption)}</div>"
         )
         footer = widgets.HBox([self.save_button, self.saved], layout=widgets.Layout(align_items="center"))
         # A panel on its own follows whether anyone sees it; in a dashboard, the dashboard does.
-        self.presence = Presence(self._gone, self._back) if self._owns_session else None
+        self.presence = (
+            Presence(self.session, self.weights_changed, self.pause, lambda: self.set_active(True)) if self._owns_session else None
+        )
         shown_alone = [self.presence] if self.presence is not None else []
         super().__init__([header, *self._build(), self.task_bar, self.note, self.message, footer, *shown_alone])
         self.add_class("cnnviz-panel")
@@ -266,18 +267,6 @@ class Panel(widgets.VBox):
         for runner in (self.prefetcher, self.runner, self.long_runner):
             runner.retire()
         self.task_bar.done()
-
-    def _gone(self) -> None:
-        self.session.unwatch(self.weights_changed)
-        self._paused_at = self.session.generation
-        self.pause()
-
-    def _back(self) -> None:
-        self.session.watch(self.weights_changed)
-        self.set_active(True)
-        self.session.sync()
-        if self.session.generation != self._paused_at:
-            self.weights_changed(self.session.generation)
 
     def weights_changed(self, generation: int) -> None:
         """The user's model has new weights: say so, and recompute what the panel shows."""

@@ -45,8 +45,7 @@ class Dashboard(widgets.VBox):
         self.panels["Compare"] = ComparePanel(**shared)
         self.tabs = widgets.Tab(children=list(self.panels.values()), titles=list(self.panels))
         self.current = widgets.HTML()
-        self.presence = Presence(self._gone, self._back)
-        self._paused_at = 0
+        self.presence = Presence(self.session, self._weights_changed, self._pause, lambda: self._tab_shown(None))
         super().__init__([self.current, self.tabs, self.presence])
         self.add_class("cnnviz-dashboard")
         self.layer = self.session.heatmap_layer()
@@ -92,20 +91,10 @@ class Dashboard(widgets.VBox):
             panel.weights_changed(generation)
         self._describe()
 
-    def _gone(self) -> None:
-        """Nobody sees the dashboard any more: stop following the model, stop every panel's work."""
-        self.session.unwatch(self._weights_changed)
-        self._paused_at = self.session.generation
+    def _pause(self) -> None:
+        """Nobody sees the dashboard any more (see :class:`Presence`): stop every panel's work."""
         for panel in self.panels.values():
             panel.pause()
-
-    def _back(self) -> None:
-        """Shown again: follow the model again, and recompute what changed meanwhile."""
-        self.session.watch(self._weights_changed)
-        self._tab_shown(None)
-        self.session.sync()
-        if self.session.generation != self._paused_at:
-            self._weights_changed(self.session.generation)
 
     def close(self) -> None:
         """Stop every panel's threads and child processes, free the caches, close the widgets."""

@@ -24,9 +24,10 @@ cell moved, a panel re-attached) takes its view off and puts a new one on within
 
 
 class Presence(anywidget.AnyWidget):
-    """Counts the views on screen; ``on_gone()`` is called once they have all been gone for
-    :data:`GONE_SECONDS`, ``on_back()`` when one comes back after that. A widget never shown is not gone:
-    in a script or a test it works as ever.
+    """Counts the views on screen of the widget it sits in. Once they have all been gone for
+    :data:`GONE_SECONDS`, it stops ``listener`` hearing of ``session``'s weights and calls ``pause()``; when a
+    view comes back, it calls ``resume()``, listens again, and tells ``listener`` if the weights changed
+    meanwhile. A widget never shown is not gone: in a script or a test it works as ever.
 
     views: how many views of the widget the browser shows now (int, 0 before the first is shown).
     """
@@ -34,10 +35,15 @@ class Presence(anywidget.AnyWidget):
     _esm = STATIC / "presence.js"
     views = traitlets.Int(0, help="how many views of the dashboard the browser shows now")
 
-    def __init__(self, on_gone: Callable[[], None], on_back: Callable[[], None], **kwargs):
+    def __init__(
+        self, session, listener: Callable[[int], None], pause: Callable[[], None], resume: Callable[[], None], **kwargs
+    ):
         super().__init__(**kwargs)
-        self._on_gone = on_gone
-        self._on_back = on_back
+        self._session = session
+        self._listener = listener
+        self._pause = pause
+        self._resume = resume
+        self._paused_at = 0
         self._gone = False
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
@@ -63,7 +69,7 @@ class Presence(anywidget.AnyWidget):
                 self._timer = None
             back, self._gone = self._gone, False
         if back:
-            self._on_back()
+            self._back()
 
     def _removed(self) -> None:
         with self._lock:
@@ -80,7 +86,16 @@ class Presence(anywidget.AnyWidget):
             if self.views or self._gone:
                 return
             self._gone = True
-        self._on_gone()
+        self._session.unwatch(self._listener)
+        self._paused_at = self._session.generation
+        self._pause()
+
+    def _back(self) -> None:
+        self._session.watch(self._listener)
+        self._resume()
+        self._session.sync()
+        if self._session.generation != self._paused_at:
+            self._listener(self._session.generation)
 
     def close(self) -> None:
         with self._lock:
