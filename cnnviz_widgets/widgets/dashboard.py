@@ -118,9 +118,11 @@ class Dashboard(widgets.VBox):
 
     @traitlets.observe("image")
     def _image_changed(self, change) -> None:
-        # Each class-driven panel switches to the new image's most probable class.
-        self.target = self.session.ranked_classes(change["new"])[0][0]
-        self._describe()
+        # Each class-driven panel switches to the new image's most probable class. One look at the weights
+        # serves both questions about the image's classes on this thread.
+        with self.session.replicas.request():
+            self.target = self.session.ranked_classes(change["new"])[0][0]
+            self._describe()
 
     def _describe(self) -> None:
         try:
