@@ -337,7 +337,7 @@ class Panel(widgets.VBox):
             self._deferred_view = (work, apply)
             return
         self.clear_error()
-        self.runner.submit(lambda task: work(), lambda result: self._apply(apply, result))
+        self.runner.submit(lambda task: self._under_one_look(work), lambda result: self._apply(apply, result))
 
     def prefetch(self, computations) -> None:
         """Fill the caches with what the user is likely to ask for next (e.g. the other top classes).
@@ -355,7 +355,7 @@ class Panel(widgets.VBox):
                     task.checkpoint()
                     time.sleep(PREFETCH_YIELD_S)
                 task.checkpoint()
-                compute()
+                self._under_one_look(compute)
 
         self.prefetcher.submit(work, lambda result: None)
 
@@ -372,7 +372,15 @@ class Panel(widgets.VBox):
             return
         self.clear_error()
         self.task_bar.running(text, count)
-        self.long_runner.submit(work, lambda result: self._apply(self._then_say_not_kept(apply), result))
+        self.long_runner.submit(
+            lambda task: self._under_one_look(lambda: work(task)), lambda result: self._apply(self._then_say_not_kept(apply), result)
+        )
+
+    def _under_one_look(self, work):
+        """``work()`` with one look at the user's weights for everything it asks the session: a repaint that
+        draws two Grad-CAMs and the class ranking reads the weights' checksums once, not three times."""
+        with self.session.replicas.request():
+            return work()
 
     def set_active(self, active: bool) -> None:
         """Whether the panel is on screen; a panel shown again runs the work it put off."""
