@@ -31,9 +31,10 @@ from torch import nn
 
 from . import identity
 
-KEY_VERSION = b"cnnviz-pass-3"
+KEY_VERSION = b"cnnviz-pass-4"
 """Changes with what an entry holds or how its key is made (version 2: the most probable classes; 3: the
-preprocessing identified by its state), so that no older entry is read."""
+preprocessing identified by its state; 4: what diagnosis needs of each softmax and the inputs' digests), so
+that no older entry is read."""
 
 DEFAULT_CACHE_SIZE = 2 * 10**9
 """Bytes of entries the cache folder keeps by default: 2 GB."""

@@ -467,3 +467,47 @@ def test_pca_searches_its_axes_on_one_blas_thread(embeddings, monkeypatch):
     assert threads and set(threads) == {1}
     reference = PCA(n_components=3).fit_transform(embeddings.astype(np.float64))
     np.testing.assert_allclose(np.abs(points), np.abs(reference), atol=1e-3 * np.abs(reference).max())
+
+
+def test_the_pass_keeps_what_diagnosis_needs_of_each_softmax_with_only_the_top_classes():
+    # Logits chosen by hand (the model returns its input): the given label is the most probable class for
+    # image 0, the third for image 1, and a probability that rounds to 0 for image 2.
+    logits = torch.tensor([[4.0, 1.0, 0.0, -1.0], [3.0, 2.0, 1.0, 0.0], [200.0, 0.0, 0.0, -200.0]])
+    labels = np.array([0, 2, 3])
+    # A linear layer that passes its input through: the pass embeds at the input of the last nn.Linear.
+    identity = nn.Sequential(nn.Flatten(), nn.Linear(4, 4))
+    with torch.no_grad():
+        identity[1].weight.copy_(torch.eye(4))
+        identity[1].bias.zero_()
+    evaluation, _ = data.evaluate_and_embed(identity, logits[:, None, None, :], labels, progress=False, top_k=2)
+    assert evaluation.probabilities is None
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    probabilities = softmax(logits.double().numpy(), axis=1)
+    given = probabilities[np.arange(3), labels]
+    np.testing.assert_allclose(evaluation.given_probabilities, given, rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(evaluation.entropy, entropy(probabilities, axis=1), rtol=1e-5, atol=1e-7)
+    # Image 0: p(0) - p(1); image 1: p(2) - p(0); image 2: 0 - p(0) = -1.
+    np.testing.assert_allclose(
+        evaluation.margin, [probabilities[0, 0] - probabilities[0, 1], probabilities[1, 2] - probabilities[1, 0], -1.0], rtol=1e-5
+    )
+    assert evaluation.given_probabilities.dtype == evaluation.entropy.dtype == evaluation.margin.dtype == np.float32
+
+
+def test_the_pass_digests_each_input_equal_inputs_alike(digits, model):
+    x, y, _ = digits
+    # Images 5 and 40 are copies of image 0; image 7 differs from image 0 by one pixel.
+    images = x[:50].clone()
+    images[5] = images[40] = images[0]
+    images[7] = images[0]
+    images[7, 0, 3, 3] += 1e-3
+    evaluation, _ = data.evaluate_and_embed(model, images, y[:50], batch_size=16, progress=False)
+    digests = evaluation.input_digests
+    assert digests.dtype == np.uint64 and digests.shape == (50,)
+    assert digests[0] == digests[5] == digests[40]
+    equal_pairs = {(a, b) for a in range(50) for b in range(a + 1, 50) if digests[a] == digests[b]}
+    expected = {(a, b) for a in range(50) for b in range(a + 1, 50) if torch.equal(images[a], images[b])}
+    assert equal_pairs == expected == {(0, 5), (0, 40), (5, 40)}
+    # A plain evaluation keeps no digest: only the pass over a test set looks for duplicates.
+    assert cw.evaluate(model, images, y[:50], progress=False).input_digests is None

@@ -11,6 +11,8 @@ written, and :attr:`DatasetPass.not_kept` says why.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -28,7 +30,7 @@ PASS_BATCH_SIZE = 16
 PASS_TOP_CLASSES = 10
 """What the pass over the images keeps of each image's probabilities: its 10 most probable classes (every
 probability when there are no more classes). The views need only the predicted class's probability."""
-STORED = ("labels", "predictions", "probabilities", "confusion", "top_classes", "top_probabilities")
+STORED = tuple(field.name for field in dataclasses.fields(Evaluation))
 
 
 class DatasetPass:
@@ -51,10 +53,7 @@ class DatasetPass:
             entry = self.entry()
             stored = None if entry is None else self._disk.load(entry)
             if stored is not None:
-                evaluation = Evaluation(
-                    stored["labels"], stored["predictions"], stored.get("probabilities"), stored["confusion"],
-                    stored["top_classes"], stored["top_probabilities"],
-                )
+                evaluation = Evaluation(**{name: stored.get(name) for name in STORED})
                 return evaluation, stored["embeddings"]
             session = self._session
             # Without labels the pass still gives predictions and embeddings; its confusion is not shown.
