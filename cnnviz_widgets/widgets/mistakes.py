@@ -1,5 +1,6 @@
 """Mistakes: the confusion matrix, a gallery of the misclassified images, each class's accuracy and the most
-frequent confusions."""
+frequent confusions. The gallery also shows any set of images it is handed (a finding of the Diagnose tab),
+right or wrong, until the user goes back to the mistakes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import traitlets
 import numpy as np
 
 from .. import render
+from ..checkpoint import scaled
 from . import drawing
 from .base import Panel
 from .charts import ConfusionMatrix
@@ -30,6 +32,17 @@ ACCURACY_HEIGHT = 220
 CONFUSED_PAIRS = 10
 # While the pass reads a large test set, the matrix and the gallery show the images read so far this often.
 PARTIAL_SECONDS = 2.0
+ORDERS = (
+    ("most confident first", "confident"),
+    ("least confident first", "hesitant"),
+    ("hardest first", "hardness"),
+    ("most likely mislabelled first", "mistakenness"),
+)
+"""The gallery's orders. Hardness and mistakenness are FiftyOne's (see ``Diagnosis.hardness`` and
+``Diagnosis.mistakenness``), highest first; they come from the diagnosis, computed once per weights."""
+SCORED_ORDERS = {"hardness": "hardness", "mistakenness": "mistakenness"}
+RIGHT_COLOR = "#2e7d32"
+WRONG_COLOR = "#c62828"
 
 
 def accuracy_html(evaluation, names: list[str]) -> str:
@@ -67,11 +80,15 @@ class MistakesPanel(Panel):
         self.matrix_box = widgets.Box(layout=widgets.Layout(flex="0 1 auto", max_width="100%", overflow="auto"))
         self.true_class = widgets.Dropdown(description="true", layout=widgets.Layout(width="220px"))
         self.predicted_class = widgets.Dropdown(description="predicted", layout=widgets.Layout(width="220px"))
-        self.order = widgets.ToggleButtons(
-            options=[("most confident first", "confident"), ("least confident first", "hesitant")],
-            value="confident",
-            style={"button_width": "150px"},
+        self.order = widgets.Dropdown(options=ORDERS, value="confident", description="order", layout=widgets.Layout(width="300px"))
+        self.showing = widgets.HTML()
+        self.back = widgets.Button(
+            description="back to the mistakes", icon="arrow-left", tooltip="list the mistakes again", layout=widgets.Layout(width="190px")
         )
+        self.showing_bar = widgets.HBox(
+            [self.showing, self.back], layout=widgets.Layout(flex_flow="row wrap", align_items="center", grid_gap="8px", display="none")
+        )
+        self.showing_bar.add_class("cnnviz-mistakes-showing")
         self.previous = widgets.Button(icon="chevron-left", tooltip="previous page", layout=widgets.Layout(width="36px"))
         self.next = widgets.Button(icon="chevron-right", tooltip="next page", layout=widgets.Layout(width="36px"))
         self.summary = widgets.HTML()
@@ -114,10 +131,14 @@ class MistakesPanel(Panel):
         self._pairs: list[tuple[int, int, int]] = []
         self._shown: np.ndarray = np.zeros(0, dtype=np.int64)
         self._page = 0
-        filters = widgets.HBox([self.true_class, self.predicted_class], layout=widgets.Layout(flex_flow="row wrap"))
+        # The images handed to show_images and what they are, or None while the gallery lists the mistakes.
+        self._handed: tuple[np.ndarray, str] | None = None
+        # {order: (N,) score}: hardness and mistakenness, from the diagnosis of the weights of now.
+        self._scores: dict[str, np.ndarray] = {}
+        self.filters = widgets.HBox([self.true_class, self.predicted_class, self.order], layout=widgets.Layout(flex_flow="row wrap"))
         paging = widgets.HBox([self.previous, self.next, self.summary], layout=widgets.Layout(align_items="center"))
         gallery = widgets.VBox(
-            [filters, self.order, paging, self.gallery],
+            [self.filters, self.showing_bar, paging, self.gallery],
             layout=widgets.Layout(
                 flex=f"1 1 {GALLERY_MIN_COLUMNS * GALLERY_COLUMN}px", max_width=f"{GALLERY_MAX_COLUMNS * GALLERY_COLUMN}px"
             ),
@@ -135,24 +156,70 @@ class MistakesPanel(Panel):
         for position, button in enumerate(self.pair_buttons):
             button.on_click(lambda _, position=position: self._pair_clicked(position))
         self.observe(lambda _: self._highlight(), "image")
-        for control in (self.true_class, self.predicted_class, self.order):
-            control.observe(lambda _: self._filter(), "value")
+        for control in (self.true_class, self.predicted_class):
+            control.observe(lambda _: self._filters_changed(), "value")
+        self.order.observe(lambda _: self._order_changed(), "value")
+        self.back.on_click(lambda _: self._filters_changed())
         if self.session.labels is None:
             self.show_error(ValueError("labels: the mistakes view needs the true class of each image; pass labels="))
             return
         self.refresh()
 
     def refresh(self) -> None:
-        """Classify every image (on the model's replica) and show the matrix and the gallery."""
+        """Classify every image (on the model's replica) and show the matrix and the gallery; sorted by hardness
+        or mistakenness, also diagnose them (once per weights)."""
+        if self.order.value in SCORED_ORDERS and self.order.value not in self._scores:
+            text = "classifying and scoring the images"
+            self.request_long(text, self._evaluate_and_score, self._show_evaluation_and_scores, count=self.session.count)
+            return
         self.request_long("classifying", self._evaluate, self._show_evaluation, count=self.session.count)
 
-    def _evaluate(self, task):
+    def recompute(self) -> None:
+        """New weights: a new evaluation, and new hardness and mistakenness when the gallery is sorted by them."""
+        self._scores = {}
+        self.refresh()
+
+    def show_images(self, indices, title: str) -> None:
+        """List exactly the images ``indices`` (right or wrong, in that order) under the line "showing:
+        ``title``", until the user goes back to the mistakes or clicks the matrix."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        outside = indices[(indices < 0) | (indices >= self.session.count)]
+        if len(outside):
+            raise ValueError(f"indices: image {outside[0]} out of range 0..{self.session.count - 1}")
+        self._handed = (indices, str(title))
+        self._filter()
+
+    def _filters_changed(self) -> None:
+        if self._settling:
+            return
+        self._handed = None
+        self._filter()
+
+    def _order_changed(self) -> None:
+        if self.order.value in SCORED_ORDERS and self.order.value not in self._scores:
+            # The evaluation comes along (from the cache): one long request, so neither stops the other.
+            self.refresh()
+            return
+        self._filter()
+
+    def _evaluate(self, task, share: float = 1.0):
+        """The evaluation, shown as the pass reads the images; its progress fills ``share`` of the bar."""
+
         def filling(fraction, so_far=None) -> None:
-            task.checkpoint(fraction)
+            task.checkpoint(fraction * share)
             if so_far is not None:
                 self._apply(self._show_evaluation, so_far)
 
         return self.session.evaluation(filling, partial_every=PARTIAL_SECONDS)
+
+    def _evaluate_and_score(self, task):
+        evaluation = self._evaluate(task, share=0.5)
+        diagnosis = self.session.diagnosis(scaled(task.checkpoint, 0.5, 1.0))
+        return evaluation, {order: np.asarray(getattr(diagnosis, attribute)) for order, attribute in SCORED_ORDERS.items()}
+
+    def _show_evaluation_and_scores(self, result) -> None:
+        evaluation, self._scores = result
+        self._show_evaluation(evaluation)
 
     def _show_evaluation(self, evaluation) -> None:
         """Show an evaluation: the first one, a pass's evaluation so far, or a new one after the weights
@@ -194,6 +261,7 @@ class MistakesPanel(Panel):
     def _cell_chosen(self, change) -> None:
         cell = change["new"]
         true, predicted = (ALL, ALL) if cell is None else cell
+        self._handed = None
         with self.settling(then=self._filter):
             self.true_class.value = true
             self.predicted_class.value = predicted
@@ -203,12 +271,34 @@ class MistakesPanel(Panel):
     def _filter(self) -> None:
         if self._settling or self.evaluation is None:
             return
-        true = None if self.true_class.value in (None, ALL) else self.true_class.value
-        predicted = None if self.predicted_class.value in (None, ALL) else self.predicted_class.value
-        shown = self.evaluation.mistakes(true=true, predicted=predicted)
-        self._shown = shown if self.order.value == "confident" else shown[::-1]
+        handed = self._handed is not None
+        self.filters.layout.display = "none" if handed else "flex"
+        self.showing_bar.layout.display = "flex" if handed else "none"
+        if handed:
+            indices, title = self._handed
+            # A pass still reading the set has not classified every image handed yet: those wait for it.
+            self._shown = indices[indices < len(self.evaluation.labels)]
+            count = len(indices)
+            self.showing.value = (
+                f"<span style='font-size:13px'>showing: <b>{drawing.escape(title)}</b> · {count:,} image{'' if count == 1 else 's'}</span>"
+            )
+        else:
+            true = None if self.true_class.value in (None, ALL) else self.true_class.value
+            predicted = None if self.predicted_class.value in (None, ALL) else self.predicted_class.value
+            self._shown = self._ordered(self.evaluation.mistakes(true=true, predicted=predicted))
         self._page = 0
         self._draw()
+
+    def _ordered(self, mistakes: np.ndarray) -> np.ndarray:
+        """The mistakes (most confident first, as ``Evaluation.mistakes`` gives them) in the order chosen; by a
+        score not computed yet, as they are until it comes."""
+        order = self.order.value
+        if order == "hesitant":
+            return mistakes[::-1]
+        if order in self._scores:
+            # Stable: among equal scores the most confident mistake comes first.
+            return mistakes[np.argsort(-self._scores[order][mistakes], kind="stable")]
+        return mistakes
 
     def _turn(self, step: int) -> None:
         pages = max(1, -(-len(self._shown) // GALLERY_PAGE))
@@ -227,10 +317,11 @@ class MistakesPanel(Panel):
                 slot.value = render.thumbnail(self.session.pictures[index], GALLERY_SIDE)
                 slot.hint = f"image {self.session.names[index]}"
                 slot.highlighted = int(index) == self.image
+                said = WRONG_COLOR if evaluation.labels[index] != evaluation.predictions[index] else RIGHT_COLOR
                 caption.value = (
                     "<div style='font-size:11px;line-height:1.3;text-align:center'>"
                     f"true <b>{drawing.escape(names[evaluation.labels[index]])}</b><br>"
-                    f"said <b style='color:#c62828'>{drawing.escape(names[evaluation.predictions[index]])}</b> "
+                    f"said <b style='color:{said}'>{drawing.escape(names[evaluation.predictions[index]])}</b> "
                     f"{evaluation.confidence[index]:.0%}</div>"
                 )
                 card.layout.display = "flex"
@@ -239,14 +330,16 @@ class MistakesPanel(Panel):
         shown = f"{start + 1}–{start + len(page)} of {total}" if total else "none"
         read = len(evaluation.labels)
         so_far = f" · so far: {read:,} of {self.session.count:,} images read" if read < self.session.count else ""
+        what = "images" if self._handed is not None else "mistakes"
         self.summary.value = (
-            f"<span style='font-size:12px'>mistakes shown: {shown} · accuracy {evaluation.accuracy:.1%} "
+            f"<span style='font-size:12px'>{what} shown: {shown} · accuracy {evaluation.accuracy:.1%} "
             f"({wrong} wrong of {read:,}){so_far} · click an image to select it</span>"
         )
 
     @property
     def shown(self) -> np.ndarray:
-        """Indices of the images the gallery lists under the current filters, in gallery order."""
+        """Indices of the images the gallery lists (the mistakes under the current filters, or the images handed
+        to :meth:`show_images`), in gallery order."""
         return self._shown.copy()
 
     def _clicked(self, position: int) -> None:

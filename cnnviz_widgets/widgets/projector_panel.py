@@ -105,6 +105,8 @@ class ProjectorPanel(Panel):
         neighbour_row.add_class("cnnviz-neighbours")
         self._projector = ProjectionProcess()
         self._view: _View | None = None
+        # Points selected by select(): kept for the scatter made later, and not taken for a click on a point.
+        self._selection: list[int] = []
         self._stopped = False
         controls = widgets.HBox([self.method, self.dims], layout=widgets.Layout(grid_gap="12px"))
         return [self.layer_chooser, controls, self.scatter_box, self.summary, self.neighbour_title, neighbour_row]
@@ -171,6 +173,7 @@ class ProjectorPanel(Panel):
                 class_names=self.session.class_names,
                 images=self.session.dataset_pass.thumbnails(),
             )
+            self.scatter.selected = self._selection
             self.scatter.observe(self._point_chosen, "selected")
             self.scatter_box.children = [self.scatter]
         else:
@@ -192,7 +195,17 @@ class ProjectorPanel(Panel):
         if shown is None or shown.embeddings is not view.embeddings:
             self._find_neighbours()
 
+    def select(self, indices) -> None:
+        """Select the points of images ``indices`` (e.g. a finding's), now or, before the scatter exists, once it
+        does; the current image stays what it is."""
+        selection = [self.session.check_index(int(index)) for index in indices]
+        self._selection = selection
+        if self.scatter is not None:
+            self.scatter.selected = selection
+
     def _point_chosen(self, change) -> None:
+        if change["new"] == self._selection:
+            return
         chosen = [index for index in change["new"] if index not in change["old"]] or change["new"]
         if chosen:
             self.image = int(chosen[-1])
