@@ -51,11 +51,15 @@ class PictureSource(Sequence):
 
     names: one name per picture (a file's path relative to the folder, a dict key, or the index);
     labels: the classes the source itself gives (subfolders, a Dataset's pairs), or None;
-    class_names: the names of those classes (a folder's subfolders), or None.
+    class_names: the names of those classes (a folder's subfolders), or None;
+    paths: each picture's file, absolute, when the pictures are files (a suspect to relabel is found by it).
     """
 
-    def __init__(self, names: list[str], load, labels=None, class_names=None, identity=None, uncertain_reason=None):
+    def __init__(
+        self, names: list[str], load, labels=None, class_names=None, identity=None, uncertain_reason=None, paths=None
+    ):
         self.names = names
+        self.paths = paths
         self._load = load
         self._identity = identity
         self._uncertain_reason = uncertain_reason
@@ -127,7 +131,7 @@ def _files(paths: list[str], names: list[str], labels=None, class_names=None) ->
             digest.update(f"{path}|{status.st_size}|{status.st_mtime_ns}\n".encode())
         return digest.digest()
 
-    return PictureSource(names, load, labels, class_names, identity)
+    return PictureSource(names, load, labels, class_names, identity, paths=paths)
 
 
 def folder_source(root) -> PictureSource:

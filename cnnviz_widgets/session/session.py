@@ -21,6 +21,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..cache import DiskCache, LRUCache, check_cache, check_cache_size
+from ..checkpoint import scaled
+from ..diagnosis import Diagnosis, diagnosis_of
 from ..fast import forwarder
 from ..inputs import check_model, input_channels, model_device
 from ..layers import called_layers, heatmap_layer, is_conv, resolve_layer
@@ -320,3 +322,20 @@ class Session(MethodCalls):
     def predictions(self, checkpoint=None) -> np.ndarray:
         """The predicted class of every image."""
         return self.dataset_pass.results(checkpoint)[0].predictions
+
+    @property
+    def sources(self) -> list[str]:
+        """Where each image comes from: its file when the pictures are files, else its name."""
+        return getattr(self.pictures, "paths", None) or self.names
+
+    def diagnosis(self, checkpoint=None) -> Diagnosis:
+        """What is wrong with the labelled images (see :func:`~cnnviz_widgets.diagnosis.diagnose`), from the
+        pass over them: the pass's progress fills the first 90% of ``checkpoint``'s, when it runs."""
+        if self.labels is None:
+            raise ValueError("labels: a diagnosis needs the true class of each image; pass labels=")
+
+        def compute(checkpoint=None) -> Diagnosis:
+            evaluation, embeddings = self.dataset_pass.results(scaled(checkpoint, 0.0, 0.9))
+            return diagnosis_of(evaluation, embeddings, self.class_names, self.sources, scaled(checkpoint, 0.9, 1.0))
+
+        return self.cached("once", ("diagnosis",), compute, checkpoint)
