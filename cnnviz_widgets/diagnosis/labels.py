@@ -9,6 +9,8 @@ Python loop per class.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 
@@ -56,10 +58,10 @@ def label_issues(evaluation: Evaluation) -> pd.DataFrame:
     (every image keeps its given label's probability), and so are the most probable class and step 5. Step
     2 sees the kept classes and the given label with their probabilities, and gives every other class an
     even share of the probability they leave. What this can miss: a class outside an image's top k whose
-    own probability passes its threshold while the even share does not, or the other way round. Thresholds
-    that low come from classes the model gives little probability to their own images (a class of one or
-    two images, mislabelled); an image passing such a class as well as its top class counts under its most
-    probable class, one passing only its top class under that class, one passing neither is left out. Step 4 ranks a class outside an image's top k at the same even share.
+    own probability passes its threshold while the even share does not, or the other way round. Only a class
+    whose own images get little of its probability (one or two images, mislabelled) has a threshold that
+    low; what it changes is mostly whether an image counts under its most probable class or is left out.
+    Step 4 ranks a class outside an image's top k at the same even share.
     """
     _check_evaluation(evaluation)
     if evaluation.probabilities is not None:
@@ -219,7 +221,7 @@ def _pruned(view, given: np.ndarray, label_counts: np.ndarray, prune_counts: np.
     while batch_starts[-1] < len(cell_sizes):
         limit = (ends[batch_starts[-1] - 1] if batch_starts[-1] else 0) + PRUNE_BATCH
         batch_starts.append(max(int(np.searchsorted(ends, limit, side="right")), batch_starts[-1] + 1))
-    for first, last in zip(batch_starts[:-1], batch_starts[1:]):
+    for first, last in pairwise(batch_starts):
         sizes = cell_sizes[first:last]
         cell = np.repeat(np.arange(last - first), sizes)
         cell_offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
