@@ -71,3 +71,4 @@ bench: setup $(CHROMIUM)
 	$(PYTHON) bench/bench_projector.py
 	$(PYTHON) bench/bench_test_set.py
 	$(PYTHON) bench/bench_session.py
+	$(PYTHON) bench/bench_diagnosis.py
