@@ -6,6 +6,7 @@ Everything public is re-exported here; see the README for the list.
 from . import demo
 from .layers import conv_layers
 from . import render
+from .heatmap_clusters import HeatmapClusters, heatmap_clusters
 from .methods import (
     cam,
     deletion_insertion,
@@ -21,6 +22,7 @@ from .methods import (
     sanity_verdict,
 )
 from .data import Evaluation, embed, evaluate, project
+from .diagnosis import Diagnosis, diagnose
 from .projector import export_projector
 from .widgets.charts import ClassProbabilities, ConfusionMatrix
 from .widgets.scatter3d import Scatter3D

@@ -271,24 +271,43 @@ def layer_pass(
 ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor]]:
     """The layer's ``(C, h, w)`` activations for ``image``, the explained score's gradient with respect to them
     (None when ``method`` does not use it), and the function from logits to that score."""
-    cut = layer_cut(model, name, image) if use_cut else None
+    activations, gradients, _, explained = batch_layer_pass(model, image, name, target, contrast, output, method, use_cut)
+    return activations[0], None if gradients is None else gradients[0], explained
+
+
+def batch_layer_pass(
+    model: nn.Module,
+    images: Tensor,
+    name: str,
+    target,
+    contrast,
+    output: OutputToLogits | None,
+    method: CamMethod,
+    use_cut: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor, Callable[[Tensor], Tensor]]:
+    """:func:`layer_pass` for a batch ``(N, C_in, H, W)`` in one forward and one backward pass: the layer's
+    ``(N, C, h, w)`` activations, their gradients (or None), the logits ``(N, K)`` and the explained score.
+
+    The backward starts from the batch's summed score: in eval mode no layer mixes the images of a batch, so
+    each image's gradient is its own score's."""
+    cut = layer_cut(model, name, images) if use_cut else None
     if cut is None:
-        return _hooked_layer_pass(model, image, name, target, contrast, output, method)
+        return _hooked_layer_pass(model, images, name, target, contrast, output, method)
     with model_lock(model), torch.enable_grad():
-        activations, model_output = cut.run(model, image, method.uses_gradients)
+        activations, model_output = cut.run(model, images, method.uses_gradients)
         return _with_gradients(activations, logits_of(model_output, output), name, target, contrast, method)
 
 
-def _hooked_layer_pass(model, image, name, target, contrast, output, method):
-    """:func:`layer_pass` by a hook on the replica, for a model that cannot be cut at ``name``."""
+def _hooked_layer_pass(model, images, name, target, contrast, output, method):
+    """:func:`batch_layer_pass` by a hook on the replica, for a model that cannot be cut at ``name``."""
     module = model.get_submodule(name)
     with probe(model, outputs=[(name, module)], differentiable=method.uses_gradients) as capture:
-        logits = logits_of(capture.run(image), output)
+        logits = logits_of(capture.run(images), output)
         return _with_gradients(layer_output(capture.outputs, name, module), logits, name, target, contrast, method)
 
 
 def _with_gradients(activations, logits, name, target, contrast, method):
-    """:func:`layer_pass`'s answer from the layer's activations and the logits computed from them."""
+    """:func:`batch_layer_pass`'s answer from the layer's activations and the logits computed from them."""
     explained = explained_score(target, contrast, logits.shape[1])
     if activations.dim() != 4:
         raise ValueError(
@@ -296,14 +315,14 @@ def _with_gradients(activations, logits, name, target, contrast, method):
             f"{tuple(activations.shape)}"
         )
     if not method.uses_gradients:
-        return activations.detach()[0], None, explained
-    score = explained(logits)[0]
+        return activations.detach(), None, logits.detach(), explained
+    score = explained(logits).sum()
     gradients = None
     if score.requires_grad:
         (gradients,) = torch.autograd.grad(score, activations, allow_unused=True)
     if gradients is None:
         raise ValueError(f"layer: the model's output does not depend on {name!r}; pick a layer on its path")
-    return activations.detach()[0], gradients[0], explained
+    return activations.detach(), gradients, logits.detach(), explained
 
 
 def resized(maps: Tensor, size, align_corners: bool = False) -> Tensor:

@@ -15,6 +15,9 @@ from torch import Tensor
 
 from .. import methods
 from ..data import embed
+from ..heatmap_clusters import check_cluster_count, class_clusters
+from ..inputs import check_target
+from ..methods.grad_cam import check_cam_method
 from ..methods.occlusion import fill_of
 from ..replica import WORK
 
@@ -162,3 +165,16 @@ class MethodCalls:
                 )
 
         return self.cached("once", ("embeddings", layer), compute, checkpoint)
+
+    def heatmap_clusters(self, target: int, layer: str | None = None, method: str = "grad-cam", k: int | None = None, checkpoint=None):
+        """SpRAy over the images of class ``target``: their maps clustered (see
+        :func:`~cnnviz_widgets.heatmap_clusters.heatmap_clusters`), cached per weights, class, layer, method and k."""
+        target = check_target(target, self.num_classes)
+        layer = self.heatmap_layer() if layer is None else self.layer_name(layer)
+        check_cam_method(method)
+        k = check_cluster_count(k)
+
+        def compute(checkpoint=None):
+            return class_clusters(self, target, layer, method, k, checkpoint)
+
+        return self.cached("once", ("heatmap_clusters", target, layer, method, k), compute, checkpoint)
