@@ -10,6 +10,7 @@ from ..session import Session
 from .presence import Presence
 from .feature_maps import FeatureMapPanel
 from .compare import ComparePanel
+from .diagnose import DiagnosePanel
 from .filters import FiltersPanel
 from .heatmaps import GradCAMPanel, GuidedBackpropPanel
 from .mistakes import MistakesPanel
@@ -36,6 +37,7 @@ class Dashboard(widgets.VBox):
         self.panels = {}
         if self.session.labels is not None:
             self.panels["Mistakes"] = MistakesPanel(**shared)
+            self.panels["Diagnose"] = DiagnosePanel(**shared)
         self.panels["Projector"] = ProjectorPanel(**shared)
         self.panels["Grad-CAM"] = GradCAMPanel(**shared)
         self.panels["Feature maps"] = FeatureMapPanel(**shared)
@@ -56,6 +58,7 @@ class Dashboard(widgets.VBox):
             traitlets.link((self, "layer"), (panel, "layer"))
         if "Mistakes" in self.panels:
             self.panels["Mistakes"].observe(self._cell_chosen, "cell")
+            self.panels["Diagnose"].observe(self._finding_chosen, "chosen")
         grad_cam = self.panels["Grad-CAM"]
         self.target = grad_cam.target
         for panel in self.panels.values():
@@ -85,6 +88,17 @@ class Dashboard(widgets.VBox):
             grad_cam.target = predicted
             grad_cam.contrastive = True
         self.target = predicted
+
+    def _finding_chosen(self, change) -> None:
+        """A finding of the Diagnose tab: its images in the Mistakes gallery and selected in the Projector, the one
+        clicked the current image, and the gallery on screen."""
+        chosen = change["new"]
+        if chosen is None:
+            return
+        self.panels["Mistakes"].show_images(chosen["indices"], chosen["title"])
+        self.panels["Projector"].select(chosen["indices"])
+        self.image = chosen["image"]
+        self.tabs.selected_index = list(self.panels).index("Mistakes")
 
     def _weights_changed(self, generation: int) -> None:
         for panel in self.panels.values():

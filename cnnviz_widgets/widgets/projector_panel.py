@@ -198,7 +198,7 @@ class ProjectorPanel(Panel):
     def select(self, indices) -> None:
         """Select the points of images ``indices`` (e.g. a finding's), now or, before the scatter exists, once it
         does; the current image stays what it is."""
-        selection = [self.session.check_index(int(index)) for index in indices]
+        selection = sorted({self.session.check_index(int(index)) for index in indices})
         self._selection = selection
         if self.scatter is not None:
             self.scatter.selected = selection

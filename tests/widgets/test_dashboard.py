@@ -14,9 +14,9 @@ def test_selecting_a_point_or_a_mistake_makes_it_the_current_image_everywhere():
     model, pictures, labels, names = confused_digits()
     state = ModelState(model)
     dashboard = cw.explore(model, pictures, labels=labels, class_names=names, preprocess=cw.demo.digits_preprocess)
-    assert list(dashboard.panels) == ["Mistakes", "Projector", "Grad-CAM", "Feature maps", "Filters", "Occlusion", "Guided backprop", "Compare"]
+    assert list(dashboard.panels) == ["Mistakes", "Diagnose", "Projector", "Grad-CAM", "Feature maps", "Filters", "Occlusion", "Guided backprop", "Compare"]
     settled(dashboard)
-    dashboard.tabs.selected_index = 1
+    dashboard.tabs.selected_index = list(dashboard.panels).index("Projector")
     settled(dashboard)
     projector = dashboard.panels["Projector"]
     projector.scatter.selected = [17]

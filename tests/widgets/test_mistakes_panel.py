@@ -4,6 +4,7 @@ filter it; clicks select; each class's accuracy is listed worst first."""
 import re
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
@@ -203,3 +204,69 @@ def test_a_random_preprocessing_keeps_nothing_on_disk_and_the_panel_says_why(tmp
     kept = settled(cw.MistakesPanel(model, pictures, cw.demo.digits_preprocess, names, labels=labels, cache=tmp_path))
     assert len(list(tmp_path.glob("pass-*.npz"))) == 1 and "not kept" not in kept.note.value
     kept.close()
+
+
+def test_the_gallery_shows_the_images_it_is_handed_right_or_wrong_until_the_user_goes_back():
+    model, pictures, labels, names = confused_digits()
+    panel = settled(cw.MistakesPanel(model, pictures, cw.demo.digits_preprocess, names, labels=labels))
+    inputs = torch.cat([cw.demo.digits_preprocess(p) for p in pictures])
+    with torch.no_grad():
+        predictions = model.eval()(inputs).argmax(1).numpy()
+    right = np.flatnonzero(predictions == labels.numpy())
+    wrong = np.flatnonzero(predictions != labels.numpy())
+    handed = np.array([right[3], wrong[0], right[0], right[7]])
+    mistakes = panel.shown
+
+    panel.show_images(handed, "a finding <of> four")
+    np.testing.assert_array_equal(panel.shown, handed)
+    assert "showing: <b>a finding &lt;of&gt; four</b> · 4 images" in panel.showing.value
+    assert panel.showing_bar.layout.display == "flex" and panel.filters.layout.display == "none"
+    assert sum(card.layout.display != "none" for card in panel.cards) == 4
+    said = f"said <b style='color:#2e7d32'>{names[predictions[right[3]]]}</b>"
+    assert said in panel.captions[0].value, "a right answer is not shown as a mistake"
+    assert f"said <b style='color:#c62828'>{names[predictions[wrong[0]]]}</b>" in panel.captions[1].value
+    assert "images shown: 1–4 of 4" in panel.summary.value
+    panel.slots[2].pointer = {"x": 0.5, "y": 0.5, "kind": "press", "serial": 1}
+    assert panel.image == right[0]
+
+    panel.back.click()
+    np.testing.assert_array_equal(panel.shown, mistakes)
+    assert panel.showing_bar.layout.display == "none" and panel.filters.layout.display == "flex"
+
+    # A matrix cell also leaves the handed images for that cell's mistakes.
+    panel.show_images(handed[:2], "two")
+    true, predicted = int(labels[wrong[0]]), int(predictions[wrong[0]])
+    panel.matrix.selection = (true, predicted)
+    np.testing.assert_array_equal(np.sort(panel.shown), np.flatnonzero((labels.numpy() == true) & (predictions == predicted)))
+    assert panel.showing_bar.layout.display == "none"
+    with pytest.raises(ValueError, match=f"indices: image {len(pictures)} out of range 0..{len(pictures) - 1}"):
+        panel.show_images([3, len(pictures)], "out of range")
+
+
+def test_the_gallery_sorts_its_mistakes_by_hardness_and_mistakenness_without_blocking():
+    model, pictures, labels, names = confused_digits()
+    panel = settled(cw.MistakesPanel(model, pictures, cw.demo.digits_preprocess, names, labels=labels, cache=False))
+    inputs = torch.cat([cw.demo.digits_preprocess(p) for p in pictures])
+    with torch.no_grad():
+        probabilities = torch.softmax(model.eval()(inputs).double(), dim=1).numpy()
+    mistakes = panel.shown
+    # FiftyOne's hardness is the entropy of the softmax: by hand, hardest first.
+    entropy = -(probabilities * np.log(np.clip(probabilities, 1e-300, None))).sum(axis=1)
+    asked = []
+    diagnosis = panel.session.diagnosis
+    panel.session.diagnosis = lambda checkpoint=None: (asked.append(1), diagnosis(checkpoint))[1]
+
+    panel.order.value = "hardness"
+    # The diagnosis runs on the panel's long runner: the change of order returns at once.
+    settled(panel)
+    order = np.argsort(-entropy[mistakes], kind="stable")
+    np.testing.assert_array_equal(panel.shown, mistakes[order])
+    assert not np.array_equal(mistakes[order], mistakes), "the two orders agree: the test would prove nothing"
+
+    panel.order.value = "mistakenness"
+    settled(panel)
+    mistakenness = diagnosis().mistakenness
+    assert list(mistakenness[panel.shown]) == sorted(mistakenness[mistakes], reverse=True)
+    assert asked == [1], "one diagnosis serves both orders"
+    panel.order.value = "confident"
+    np.testing.assert_array_equal(panel.shown, mistakes)
