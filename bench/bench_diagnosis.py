@@ -10,6 +10,10 @@ Run with ``.venv/bin/python bench/bench_diagnosis.py``. Printed, as markdown tab
   flipped, every probability kept, against ``cleanlab.filter.find_label_issues`` (its defaults) on the same
   probabilities in the same run, best of a few runs each, and the agreement of the two; then the top-10 path
   (``probabilities`` None, as the pass keeps it) on the same images, with each one's F1 on the flips.
+- ``bench_heatmap_clusters``: :func:`heatmap_clusters` of a class of 1,000 pictures (crops of the demo photos)
+  on EfficientNet-Lite0 at ``_conv_head``, against 1,000 separate ``grad_cam`` calls on the same pictures and
+  against its batched maps alone (:func:`~cnnviz_widgets.heatmap_clusters.activation_maps`), in the same run,
+  each with the pictures' preprocessing.
 """
 
 from __future__ import annotations
@@ -199,9 +203,77 @@ def bench_label_issues() -> None:
           f"Jaccard of the flagged sets: {agreement:.4f}")
 
 
+SPRAY_IMAGES = 1000
+SPRAY_LAYER = "_conv_head"
+SPRAY_TARGET = 285  # Egyptian cat
+
+
+def crops_of_photos(count: int, seed: int = 0) -> list:
+    """``count`` pictures: random crops (40 to 100% of the short side) of the demo photos, some mirrored."""
+    from PIL import Image, ImageOps
+
+    import cnnviz_widgets as cw
+
+    rng = np.random.default_rng(seed)
+    photos = list(cw.demo.photos().values())
+    pictures = []
+    for _ in range(count):
+        photo = photos[rng.integers(len(photos))]
+        side = int(min(photo.size) * rng.uniform(0.4, 1.0))
+        left, top = rng.integers(photo.size[0] - side + 1), rng.integers(photo.size[1] - side + 1)
+        picture = photo.crop((left, top, left + side, top + side)).resize((256, 256), Image.BILINEAR)
+        pictures.append(ImageOps.mirror(picture) if rng.random() < 0.5 else picture)
+    return pictures
+
+
+def bench_heatmap_clusters() -> None:
+    import importlib
+
+    import torch
+
+    import cnnviz_widgets as cw
+    from cnnviz_widgets.methods.grad_cam import CAM_METHODS
+    from cnnviz_widgets.replica import WORK, borrow
+
+    spray = importlib.import_module("cnnviz_widgets.heatmap_clusters")
+    model, preprocess, _ = cw.demo.imagenet_model()
+    pictures = crops_of_photos(SPRAY_IMAGES)
+    labels = np.full(SPRAY_IMAGES, SPRAY_TARGET)
+
+    start = time.perf_counter()
+    for picture in pictures:
+        cw.grad_cam(model, preprocess(picture), SPRAY_LAYER, SPRAY_TARGET)
+    separate = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result = cw.heatmap_clusters(model, pictures, SPRAY_TARGET, labels, SPRAY_LAYER, preprocess=preprocess)
+    clustered = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with borrow(model, WORK) as replica:
+        for first in range(0, SPRAY_IMAGES, spray.BATCH_SIZE):
+            inputs = torch.cat([preprocess(picture) for picture in pictures[first : first + spray.BATCH_SIZE]])
+            spray.activation_maps(replica, inputs, SPRAY_LAYER, SPRAY_TARGET, CAM_METHODS["grad-cam"])
+    batched = time.perf_counter() - start
+
+    print(f"\n### heatmap_clusters, {SPRAY_IMAGES:,} pictures of one class, EfficientNet-Lite0 at {SPRAY_LAYER}, "
+          f"{torch.get_num_threads()} threads\n")
+    print("| | seconds | per image (ms) |")
+    print("| --- | ---: | ---: |")
+    for name, seconds in (
+        (f"{SPRAY_IMAGES:,} separate grad_cam calls", separate),
+        (f"heatmap_clusters (k = {result.k} by the eigengap)", clustered),
+        (f"its batched maps alone, {spray.BATCH_SIZE} per pass", batched),
+    ):
+        print(f"| {name} | {seconds:.1f} | {1000 * seconds / SPRAY_IMAGES:.0f} |")
+    print(f"\nheatmap_clusters / separate Grad-CAMs: {clustered / separate:.2f}; "
+          f"/ its batched maps alone: {clustered / batched:.2f}")
+
+
 def main() -> None:
     bench_neighbours()
     bench_label_issues()
+    bench_heatmap_clusters()
 
 
 if __name__ == "__main__":
