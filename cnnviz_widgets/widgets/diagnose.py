@@ -34,7 +34,7 @@ from .picture import ClickablePicture
 
 CARD_PAGE = 8
 """Findings shown at first; "more findings" shows as many again."""
-THUMBNAILS = 6
+THUMBNAILS = 5
 THUMBNAIL_SIDE = 64
 EVIDENCE_SIDE = 96
 CLUSTER_SIDE = 96
@@ -59,6 +59,9 @@ KIND_COLORS = {
 RIGHT_COLOR = "#2e7d32"
 WRONG_COLOR = "#c62828"
 BAR_WIDTH = 220
+CARD_WIDTH = 440
+"""``THUMBNAILS`` thumbnails and their captions fit in a card this wide: one column of cards at 900 px, three at 1600."""
+CARDS_HEIGHT = 760
 
 
 class _Card(NamedTuple):
@@ -90,7 +93,16 @@ def decoded(png: bytes) -> np.ndarray:
 
 
 def _percent(value: float) -> str:
-    return drawing.percent(float(value))
+    """A probability as a card says it: the tiny ones of suspect labels as "<0.1%", which is all they tell."""
+    value = float(value)
+    return "<0.1%" if 0 < value < 0.001 else f"{value:.1%}"
+
+
+def enlarged(picture: np.ndarray, side: int) -> np.ndarray:
+    """A picture smaller than ``side`` blown up by a whole factor with hard pixel edges (an 8 x 8 digit stays
+    sharp), before it is fitted into ``side``."""
+    factor = side // max(picture.shape[:2])
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture
 
 
 def accuracy_bars_html(accuracy: float, low: float, high: float, overall: float) -> str:
@@ -200,7 +212,13 @@ class DiagnosePanel(Panel):
         )
         self.export_button.add_class("cnnviz-diagnose-export")
         self.exported = widgets.HTML()
-        self.card_list = widgets.VBox(layout=widgets.Layout(width="100%"))
+        # Side by side where the width allows; a long list scrolls in its box, above the clusters' section.
+        self.card_list = widgets.GridBox(
+            layout=widgets.Layout(
+                grid_template_columns=f"repeat(auto-fill, minmax({CARD_WIDTH}px, 1fr))", grid_gap="0 8px",
+                max_height=f"{CARDS_HEIGHT}px", overflow="auto", width="100%",
+            )
+        )
         self.card_list.add_class("cnnviz-diagnose-cards")
         self.more = widgets.Button(description="more findings", icon="chevron-down", layout=widgets.Layout(width="160px", display="none"))
         self.cluster_class = widgets.Dropdown(description="class", layout=widgets.Layout(width="240px"))
@@ -254,11 +272,13 @@ class DiagnosePanel(Panel):
         x, y = bqplot.LinearScale(), bqplot.LinearScale(min=0)
         line = bqplot.Lines(x=[], y=[], scales={"x": x, "y": y}, marker="circle", marker_size=24, colors=["#1976d2"])
         axes = [
-            bqplot.Axis(scale=x, label="rank of the eigenvalue", tick_format="d", grid_lines="none"),
-            bqplot.Axis(scale=y, label="eigenvalue", side="left", tick_format=".2f", grid_lines="none"),
+            bqplot.Axis(scale=x, label="rank of the eigenvalue", tick_format="d", grid_lines="none", label_offset="34px"),
+            bqplot.Axis(
+                scale=y, label="eigenvalue", side="left", tick_format=".1f", num_ticks=5, grid_lines="none", label_offset="46px"
+            ),
         ]
         figure = bqplot.Figure(
-            marks=[line], axes=axes, title="eigengap", fig_margin={"top": 36, "bottom": 48, "left": 60, "right": 12},
+            marks=[line], axes=axes, title="eigengap", fig_margin={"top": 36, "bottom": 48, "left": 64, "right": 12},
             layout=widgets.Layout(width="320px", height="220px"),
         )
         figure.add_class("cnnviz-diagnose-eigengap")
@@ -343,10 +363,12 @@ class DiagnosePanel(Panel):
         """The picture of a finding's evidence: a duplicate pair side by side, a cluster's mean map on its mean picture."""
         if kind in ("conflicting duplicates", "near duplicates"):
             first, second = (int(index) for index in np.asarray(evidence["pairs"])[0])
-            return render.to_png(render.strip([self.session.view(first), self.session.view(second)], EVIDENCE_SIDE))
+            pair = [enlarged(self.session.view(index), EVIDENCE_SIDE) for index in (first, second)]
+            return render.to_png(render.strip(pair, EVIDENCE_SIDE))
         if kind == "heatmap cluster":
             mean_map = render.scale_to_unit(evidence["mean_map"])
-            return render.to_png(render.strip([render.overlay(evidence["mean_picture"], mean_map)], EVIDENCE_SIDE))
+            mean_picture = enlarged(render.to_rgb(evidence["mean_picture"]), EVIDENCE_SIDE)
+            return render.to_png(render.strip([render.overlay(mean_picture, mean_map)], EVIDENCE_SIDE))
         return b""
 
     def _show_diagnosis(self, result) -> None:
@@ -431,7 +453,7 @@ class DiagnosePanel(Panel):
             parts,
             layout=widgets.Layout(
                 border_top="1px solid #ddd", border_right="1px solid #ddd", border_bottom="1px solid #ddd",
-                border_left=f"4px solid {colour}", padding="4px 8px", margin="4px 0",
+                border_left=f"4px solid {colour}", padding="4px 8px", margin="4px 0", min_width="0",
             ),
         )
         box.add_class("cnnviz-diagnose-card")
@@ -462,7 +484,9 @@ class DiagnosePanel(Panel):
                     for position, index in enumerate(card.shown)
                 ]
                 pictures = [
-                    render.to_png(render.resize(render.overlay(self.session.view(int(index)), heat), *self._fitted(int(index))))
+                    render.to_png(
+                        render.resize(render.overlay(enlarged(self.session.view(int(index)), THUMBNAIL_SIDE), heat), *self._fitted(int(index)))
+                    )
                     for index, heat in zip(card.shown, maps)
                 ]
                 self._apply(self._show_maps, (drawing_serial, card.rank, pictures))

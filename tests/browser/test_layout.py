@@ -164,3 +164,47 @@ def test_a_hundred_classes_at_900_and_1600_px(open_notebook):
     assert names[true] in shown and names[predicted] in shown and str(count) in shown, shown
     save_screenshot("tab-100-classes-mistakes-tooltip", panel)
     assert_nothing_wrong(notebook)
+
+
+DIAGNOSE_DIGITS = Path(__file__).parent / "notebooks" / "diagnose_digits.ipynb"
+# Boxes of the Diagnose tab's cards and of the heatmap clusters' pictures and plot, relative to the page.
+DIAGNOSE_LAYOUT = """(panel) => {
+    const box = (node) => {
+        const r = node.getBoundingClientRect();
+        return { left: r.left, right: r.right, top: r.top, bottom: r.bottom };
+    };
+    const shown = (selector) => [...panel.querySelectorAll(selector)].filter((node) => node.offsetParent !== null);
+    return {
+        dashboard: box(panel.closest(".cnnviz-dashboard")),
+        list: box(panel.querySelector(".cnnviz-diagnose-cards")),
+        cards: shown(".cnnviz-diagnose-card").map(box),
+        pictures: shown(".cnnviz-diagnose-card img, .cnnviz-diagnose-cluster img").map(box),
+        eigengap: shown(".cnnviz-diagnose-eigengap").map(box),
+    };
+}"""
+
+
+def test_diagnose_tab_at_900_and_1600_px(open_notebook):
+    notebook = open_notebook(DIAGNOSE_DIGITS, viewport=(1300, WINDOW_HEIGHT))
+    dismiss_notifications(notebook.page)
+    assert_nothing_wrong(notebook)
+    dashboard = notebook.page.locator(".cnnviz-dashboard").first
+    panel = show_tab(dashboard, "Diagnose")
+    wait_until_drawn(panel, TAB_DRAWN_TIMEOUT_S)
+    panel.locator(".cnnviz-diagnose-cluster-run").click()
+    panel.locator(".cnnviz-diagnose-cluster img").first.wait_for(timeout=60_000)
+    for width in WIDTHS:
+        notebook.set_output_width(width)
+        panel = show_tab(dashboard, "Diagnose")
+        wait_until_drawn(panel, TAB_DRAWN_TIMEOUT_S)
+        dashboard.scroll_into_view_if_needed()
+        save_screenshot(f"tab-diagnose-digits-diagnose-{width}", dashboard)
+        layout = panel.evaluate(DIAGNOSE_LAYOUT)
+        assert layout["cards"] and layout["eigengap"], f"at {width} px: no cards or no eigengap plot"
+        for item in [layout["list"], *layout["eigengap"]]:
+            assert inside(item, layout["dashboard"]), f"at {width} px: {item} is cut by the dashboard {layout['dashboard']}"
+        # The cards scroll up and down in their list; none is cut on the sides.
+        for item in layout["cards"] + layout["pictures"]:
+            across = item["left"] >= layout["list"]["left"] - SLACK and item["right"] <= layout["list"]["right"] + SLACK
+            assert across, f"at {width} px: {item} sticks out of the list {layout['list']}"
+    assert_nothing_wrong(notebook)

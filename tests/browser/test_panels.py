@@ -343,3 +343,55 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
     notebook.page.evaluate("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
     assert_kernel_soon(notebook, "digits.presence.gone, dashboard.presence.gone, digits.presence.views", "(True, True, 0)")
     assert_kernel_soon(notebook, WORKING_THREADS, "[]", timeout_s=20.0)
+
+
+DIAGNOSE_DIGITS = Path(__file__).parent / "notebooks" / "diagnose_digits.ipynb"
+
+
+def test_diagnose_tab_shows_cards_a_card_opens_its_images_in_the_gallery_and_the_export_holds_the_planted_suspects(open_notebook):
+    notebook = open_notebook(DIAGNOSE_DIGITS, viewport=(1500, 1100))
+    dismiss_notifications(notebook.page)
+    assert_nothing_wrong(notebook)
+    dashboard = notebook.page.locator(".cnnviz-dashboard").first
+    dashboard.scroll_into_view_if_needed()
+
+    panel = show_tab(dashboard, "Diagnose")
+    wait_until_drawn(panel, 300)
+    cards = panel.locator(".cnnviz-diagnose-card")
+    assert cards.count() >= 3
+    notebook.screenshot("panel-diagnose", panel)
+    assert_pictures_not_blank(notebook, panel, "diagnose-cards", ".cnnviz-diagnose-card img")
+    texts = cards.all_inner_texts()
+    assert any("label issues" in text for text in texts), texts
+
+    # The first card's images: the gallery lists exactly them, under a line saying which finding they are.
+    before = notebook.kernel_eval("print(board.panels['Mistakes'].shown.tolist())").strip()
+    members = notebook.kernel_eval(
+        "card = board.panels['Diagnose']._cards[0]\n"
+        "_, first = np.unique(card.members, return_index=True)\n"
+        "print(card.members[np.sort(first)].tolist())"
+    ).strip()
+    assert members != before
+    cards.first.locator(".cnnviz-diagnose-open").click()
+    assert_kernel_soon(notebook, "print(board.panels['Mistakes'].shown.tolist())", members + "\n")
+    gallery = show_tab(dashboard, "Mistakes")
+    showing = gallery.locator(".cnnviz-mistakes-showing")
+    showing.wait_for(state="visible", timeout=10_000)
+    assert "showing:" in showing.inner_text()
+    wait_until_drawn(gallery)
+    count = len(json.loads(members))
+    assert gallery.locator(".cnnviz-mistakes-gallery img").filter(visible=True).count() == min(count, 24)
+    notebook.screenshot("panel-diagnose-opened", gallery)
+
+    # Export: the CSV, next to the notebook, holds the planted label errors.
+    panel = show_tab(dashboard, "Diagnose")
+    panel.locator(".cnnviz-diagnose-export").click()
+    panel.get_by_text("suspects saved to").wait_for(timeout=10_000)
+    found = notebook.kernel_eval(
+        "import pandas as pd\n"
+        "table = pd.read_csv('diagnose-suspects.csv')\n"
+        "suspects = set(table.loc[table['kind'] == 'label issue', 'index'])\n"
+        "print(len(suspects & set(flipped.tolist())), len(flipped))"
+    ).split()
+    assert int(found[0]) >= 0.9 * int(found[1]), f"{found[0]} of the {found[1]} planted label errors exported"
+    assert_nothing_wrong(notebook)

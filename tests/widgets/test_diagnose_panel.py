@@ -63,7 +63,9 @@ def test_cards_are_ranked_and_a_click_opens_the_images_in_the_gallery_and_the_pr
     index = int(card.shown[0])
     suggested = diagnose.of_member(card.evidence["suggested"], 0)
     x = cw.demo.digits_preprocess(pictures[index])
-    expected = cw.render.overlay(panel.session.view(index), cw.grad_cam(model, x, "features.conv3", suggested))
+    # The digit's 32 x 32 pixels are blown up twice, with hard edges, before the map goes over them.
+    view = panel.session.view(index).repeat(2, axis=0).repeat(2, axis=1)
+    expected = cw.render.overlay(view, cw.grad_cam(model, x, "features.conv3", suggested))
     np.testing.assert_array_equal(pixels(panel._thumbnail_slots[position][0].value), cw.render.resize(expected, 64, 64))
 
     # The card's button: its images in the gallery, selected in the projector (made later), the first current.
