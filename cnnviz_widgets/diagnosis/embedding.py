@@ -295,8 +295,8 @@ def wilson_interval(successes, count, z: float = WILSON_Z) -> tuple[np.ndarray, 
 
 def _check_slice_arguments(granularities, min_size: int, overlap: float, count: int) -> tuple[list[int], int, float]:
     min_size = _checked_int(min_size, "min_size")
-    if not 1 <= min_size <= count:
-        raise ValueError(f"min_size: expected 1..{count} images, got {min_size}")
+    if min_size < 1:
+        raise ValueError(f"min_size: expected at least 1 image, got {min_size}")
     overlap = _checked_fraction(overlap, "overlap", closed=True)
     if granularities is None:
         # Four times as many clusters at each level (k-means at 50,000 images takes seconds per level), down to
@@ -352,6 +352,9 @@ def weak_slices(
     overall = float(correct.mean())
     reduced = _reduced(array, _inverse_norms(array), min(SLICE_COMPONENTS, array.shape[1], count))
 
+    if count < 2 * min_size:
+        # A set smaller than two slices has no part to compare with the rest.
+        granularities = []
     candidates = []
     for clusters in granularities:
         assignment = KMeans(clusters, n_init=1, random_state=seed).fit_predict(reduced)
