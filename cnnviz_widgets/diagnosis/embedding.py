@@ -75,12 +75,6 @@ def _inverse_norms(array: np.ndarray) -> np.ndarray:
     return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
 
 
-def _top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # torch.topk selects the k largest of a 50,000-wide row five times faster than np.argpartition (measured).
-    values, columns = torch.topk(scores, k, dim=1, sorted=True)
-    return values, columns
-
-
 def _exact_graph(array: np.ndarray, inverse_norms: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     unit = torch.from_numpy(np.ascontiguousarray(array * inverse_norms[:, None], dtype=np.float32))
     indices = np.empty((len(unit), k), np.int64)
@@ -89,7 +83,8 @@ def _exact_graph(array: np.ndarray, inverse_norms: np.ndarray, k: int) -> tuple[
         block = unit[start : start + BLOCK] @ unit.T
         rows = torch.arange(len(block))
         block[rows, rows + start] = -math.inf
-        values, columns = _top(block, k)
+        # torch.topk selects the k largest of a 50,000-wide row five times faster than np.argpartition.
+        values, columns = torch.topk(block, k, dim=1)
         indices[start : start + BLOCK] = columns.numpy()
         similarities[start : start + BLOCK] = values.numpy()
     return indices, np.clip(similarities, -1.0, 1.0)
@@ -135,7 +130,7 @@ def _pca_graph(array: np.ndarray, inverse_norms: np.ndarray, k: int) -> tuple[np
         block.mul_(2).sub_(squared)
         rows = torch.arange(stop - start)
         block[rows, rows + start] = -math.inf
-        _, columns = _top(block, candidates)
+        _, columns = torch.topk(block, candidates, dim=1)
         columns = columns.numpy()
         unit = _unit_rows(array, slice(start, stop), inverse_norms)
         exact = np.einsum("bd,bcd->bc", unit, array[columns]) * inverse_norms[columns]
