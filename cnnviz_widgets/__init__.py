@@ -28,6 +28,7 @@ from .widgets.charts import ClassProbabilities, ConfusionMatrix
 from .widgets.scatter3d import Scatter3D
 from .widgets.compare import ComparePanel
 from .widgets.dashboard import Dashboard, explore
+from .widgets.diagnose import DiagnosePanel
 from .widgets.feature_maps import FeatureMapPanel
 from .widgets.filters import FiltersPanel
 from .widgets.heatmaps import GradCAMPanel, GuidedBackpropPanel

@@ -164,9 +164,11 @@ class Diagnosis:
         """Each weak slice explains the errors it makes beyond the whole set's error rate."""
         overall = self.accuracy
         for row in self.weak_slices.itertuples(index=False):
+            # The most common wrong prediction can be the slice's own class: images of other labels taken for it.
+            taken = "" if row.predicted_class in (row.true_class, -1) else f", mostly taken for {self._name(row.predicted_class)}"
             yield (
                 "weak slice",
-                f"{row.size} images, mostly {self._name(row.true_class)} taken for {self._name(row.predicted_class)}: "
+                f"{row.size} alike images, mostly {self._name(row.true_class)}{taken}: "
                 f"{row.accuracy:.0%} right against {overall:.0%} overall",
                 int(row.size),
                 float(row.size * (overall - row.accuracy)),
@@ -197,7 +199,7 @@ class Diagnosis:
                 why = "looks elsewhere" if correlation < APART_MAP_CORRELATION else f"{cluster.accuracy:.0%} right against {rest_accuracy:.0%}"
                 yield (
                     "heatmap cluster",
-                    f"{size} {self._name(result.target)} images where the model {why} than in the rest of the class",
+                    f"{size} images of {self._name(result.target)} where the model {why} than in the rest of the class",
                     size,
                     float(size * max(abs(cluster.accuracy - rest_accuracy), 1.0 - correlation)),
                     np.asarray(cluster.members, dtype=np.int64),

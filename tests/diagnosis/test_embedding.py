@@ -126,13 +126,26 @@ def test_exact_duplicates_are_paired_by_digest_even_when_not_neighbours_and_each
         method="exact",
     )
     digests = np.array([10, 11, 12, 10], dtype=np.uint64)
-    found = near_duplicates(graph, labels=[0, 0, 1, 1], input_digests=digests)
+    # relative=1: every pair above the threshold, however far the graph's other neighbours lie.
+    found = near_duplicates(graph, labels=[0, 0, 1, 1], input_digests=digests, relative=1.0)
     assert found.to_dict("list") == {
         "index_a": [0, 0],
         "index_b": [3, 1],
         "similarity": [1.0, pytest.approx(0.95)],
         "conflict": [True, False],
     }
+
+
+def test_a_near_duplicate_is_much_closer_than_the_sets_images_usually_are():
+    # Every image's farthest neighbour lies at distance 0.02 (similarity 0.98). The pair (0, 1) at distance
+    # 0.001 is 0.05 of that, the pair (2, 3) at 0.005 is 0.25 of it: above the default 0.15.
+    graph = NeighbourGraph(
+        indices=np.array([[1, 2], [0, 3], [3, 0], [2, 1]]),
+        similarities=np.array([[0.999, 0.98], [0.999, 0.98], [0.995, 0.98], [0.995, 0.98]], dtype=np.float32),
+        method="exact",
+    )
+    assert list(zip(*near_duplicates(graph)[["index_a", "index_b"]].to_numpy().T)) == [(0, 1)]
+    assert sorted(zip(*near_duplicates(graph, relative=0.3)[["index_a", "index_b"]].to_numpy().T)) == [(0, 1), (2, 3)]
 
 
 def noise_pictures(height, width):
@@ -223,6 +236,7 @@ def test_the_wilson_interval_is_the_hand_computed_one():
         (lambda: near_duplicates(neighbour_graph(np.eye(4), 2), labels=[0, 1]), ValueError, "labels:"),
         (lambda: near_duplicates(neighbour_graph(np.eye(4), 2), labels=[0.5] * 4), TypeError, "labels:"),
         (lambda: near_duplicates(neighbour_graph(np.eye(4), 2), threshold=1.5), ValueError, "threshold:"),
+        (lambda: near_duplicates(neighbour_graph(np.eye(4), 2), relative=0), ValueError, "relative:"),
         (lambda: near_duplicates(neighbour_graph(np.eye(4), 2), input_digests=[1, 2]), ValueError, "input_digests:"),
         (lambda: outliers(neighbour_graph(np.eye(4), 2), k=3), ValueError, "k:"),
         (lambda: outliers(neighbour_graph(np.eye(4), 2), quantile=1.0), ValueError, "quantile:"),
