@@ -88,7 +88,7 @@ class HeatmapClusters:
     eigenvalues: float64, the smallest eigenvalues of the affinity graph's normalised Laplacian, ascending
         (up to 32); the largest gap among the first ones chose the number of clusters.
     outlier_scores: float32, one per image of ``indices``: the distance from its map to its cluster's mean
-        map, both on the grid and scaled to unit sum (between 0 and 2); an image far from its cluster's
+        map, both on the grid and scaled to unit sum (at most the square root of 2); an image far from its cluster's
         mean map fits none of the class's strategies well.
     class_accuracy: the share of ``indices`` classified right; NaN without labels.
     """
@@ -166,52 +166,22 @@ def check_cluster_count(k) -> int | None:
 def class_clusters(session, target: int, layer: str, method: str, k: int | None, checkpoint=None) -> HeatmapClusters:
     """:func:`heatmap_clusters` for a session's images; ``target``, ``layer``, ``method`` and ``k`` checked."""
     labelled = session.labels is not None
-    if labelled:
-        indices = np.flatnonzero(session.labels == target)
-        maps_from = 0.0
-    else:
-        indices = np.flatnonzero(session.predictions(scaled(checkpoint, 0.0, PASS_SHARE)) == target)
-        maps_from = PASS_SHARE
-    needed = max(MIN_IMAGES, 2 * (k or 2))
-    if len(indices) < needed:
-        chosen = "labelled" if labelled else "predicted as"
-        raise ValueError(
-            f"target: {len(indices)} images are {chosen} class {target}; clustering their maps needs at least {needed}"
-            + (f" ({k} clusters of 2)" if k else "")
-        )
-    maps, predictions = [], []
-    with session.replicas.borrow(WORK) as replica:
-        for start in range(0, len(indices), BATCH_SIZE):
-            batch = indices[start : start + BATCH_SIZE]
-            span = MAPS_SHARE - maps_from
-            done = scaled(
-                checkpoint,
-                maps_from + span * start / len(indices),
-                maps_from + span * (start + len(batch)) / len(indices),
-            )
-            check(done, 0.0)
-            inputs = torch.cat([session.input(int(index)) for index in batch]).to(model_device(replica))
-            batch_maps, batch_predictions = activation_maps(
-                replica, inputs, layer, target, CAM_METHODS[method], session.output, done
-            )
-            maps.append(grid_maps(batch_maps))
-            predictions.append(batch_predictions)
-    points = torch.cat(maps).numpy()
-    check(checkpoint, MAPS_SHARE)
+    indices, maps_from = class_images(session, target, k, checkpoint)
+    points, predictions = class_maps(session, indices, layer, target, CAM_METHODS[method], checkpoint, maps_from)
     assignments, eigenvalues = spectral_clusters(points.reshape(len(points), -1), k)
-    right = np.concatenate(predictions) == target
-    order = sorted(range(assignments.max() + 1), key=lambda cluster: (-np.sum(assignments == cluster), np.argmax(assignments == cluster)))
+    right = predictions == target
     clusters, outlier_scores = [], np.zeros(len(indices), dtype=np.float32)
+    order = np.argsort(-np.bincount(assignments), kind="stable")
     for position, cluster in enumerate(order):
-        chosen = assignments == cluster
-        mean_map = points[chosen].mean(axis=0)
-        outlier_scores[chosen] = np.linalg.norm((points[chosen] - mean_map).reshape(chosen.sum(), -1), axis=1)
+        members = assignments == cluster
+        mean_map = points[members].mean(axis=0)
+        outlier_scores[members] = np.linalg.norm((points[members] - mean_map).reshape(members.sum(), -1), axis=1)
         clusters.append(
             HeatmapCluster(
-                members=indices[chosen].astype(np.int64),
-                mean_map=mean_map.astype(np.float32),
-                mean_picture=mean_picture(session, indices[chosen]),
-                accuracy=float(right[chosen].mean()) if labelled else float("nan"),
+                members=indices[members],
+                mean_map=mean_map,
+                mean_picture=mean_picture(session, indices[members]),
+                accuracy=float(right[members].mean()) if labelled else float("nan"),
             )
         )
         check(checkpoint, MAPS_SHARE + (1 - MAPS_SHARE) * (position + 1) / len(order))
@@ -219,12 +189,51 @@ def class_clusters(session, target: int, layer: str, method: str, k: int | None,
         target=target,
         layer=layer,
         method=method,
-        indices=indices.astype(np.int64),
+        indices=indices,
         clusters=tuple(clusters),
         eigenvalues=eigenvalues,
         outlier_scores=outlier_scores,
         class_accuracy=float(right.mean()) if labelled else float("nan"),
     )
+
+
+def class_images(session, target: int, k: int | None, checkpoint=None) -> tuple[np.ndarray, float]:
+    """The int64 indices of the session's images labelled ``target`` (predicted so without labels), and the
+    fraction of the work done once they are known (the pass over every image, when it had to run)."""
+    if session.labels is not None:
+        indices, done, picked = np.flatnonzero(session.labels == target), 0.0, "labelled"
+    else:
+        predictions = session.predictions(scaled(checkpoint, 0.0, PASS_SHARE))
+        indices, done, picked = np.flatnonzero(predictions == target), PASS_SHARE, "predicted as"
+    needed = max(MIN_IMAGES, 2 * (k or 2))
+    if len(indices) < needed:
+        raise ValueError(
+            f"target: {len(indices)} images are {picked} class {target}; clustering their maps needs at least {needed}"
+            + (f" ({k} clusters of 2)" if k else "")
+        )
+    return indices.astype(np.int64), done
+
+
+def class_maps(session, indices, layer, target, method: CamMethod, checkpoint, done: float) -> tuple[np.ndarray, np.ndarray]:
+    """The maps of the images ``indices`` on the grid (see :func:`grid_maps`), float32 ``(N, h, w)``, and their
+    predicted classes; on the session's WORK replica, in batches, with progress from ``done`` to ``MAPS_SHARE``."""
+    maps, predictions = [], []
+    span = MAPS_SHARE - done
+    with session.replicas.borrow(WORK) as replica:
+        for start in range(0, len(indices), BATCH_SIZE):
+            batch = indices[start : start + BATCH_SIZE]
+            batch_checkpoint = scaled(
+                checkpoint, done + span * start / len(indices), done + span * (start + len(batch)) / len(indices)
+            )
+            check(batch_checkpoint, 0.0)
+            inputs = torch.cat([session.input(int(index)) for index in batch]).to(model_device(replica))
+            batch_maps, batch_predictions = activation_maps(
+                replica, inputs, layer, target, method, session.output, batch_checkpoint
+            )
+            maps.append(grid_maps(batch_maps))
+            predictions.append(batch_predictions)
+    check(checkpoint, MAPS_SHARE)
+    return torch.cat(maps).numpy(), np.concatenate(predictions)
 
 
 def activation_maps(
