@@ -25,15 +25,17 @@ KINDS = ("label issues", "conflicting duplicates", "near duplicates", "outliers"
 """The kinds of finding, as :meth:`Diagnosis.findings` names them."""
 FINDING_COLUMNS = ("kind", "title", "count", "weight", "members", "evidence")
 SUSPECT_COLUMNS = ("index", "source", "given", "suggested", "kind", "score")
-ROUNDING = 1e-9
 LABEL_PAIR_MIN = 2
 """Suspect labels given one class and suggested another make a finding of their own from this many on."""
 NEIGHBOURS = 10
 """Neighbours per image in the embedding space, for the near duplicates and the outliers."""
-APART_MAP_CORRELATION = 0.5
-"""A heatmap cluster stands apart from its class when its mean map correlates with the mean map of the rest of
-the class below this (Pearson, over the grid), or when its accuracy lies outside the Wilson interval of the
-rest's (:func:`~cnnviz_widgets.diagnosis.embedding.wilson_interval`)."""
+APART_MAP_CORRELATION = 0.2
+"""A heatmap cluster stands apart from the rest of its class when its mean map correlates with the rest's below
+this (Pearson, over the grid), or when the Wilson intervals of its accuracy and of the rest's do not overlap.
+Measured on the digits CNN, whose classes hold no shortcut: every cluster's map correlates with the rest of its
+class at 0.46 to 0.95, and the intervals overlap. On a CNN trained on digits of which one class carries a mark
+(a shortcut, ``tests/test_heatmap_clusters.py``), the marked images' clusters are 87% to 92% right against 5% to
+12% for the unmarked ones: intervals far apart."""
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,12 @@ class Diagnosis:
         for result in self.heatmap_clusters:
             for cluster, rest_map, rest_accuracy, rest_size in _cluster_contrasts(result):
                 correlation = _correlation(cluster.mean_map, rest_map)
-                low, high = wilson_interval(round(rest_accuracy * rest_size), rest_size)
-                # Up to rounding: a rest all right has an upper bound of 1 that float arithmetic can leave just below.
-                apart_in_accuracy = not low - ROUNDING <= cluster.accuracy <= high + ROUNDING
+                size = len(cluster.members)
+                low, high = wilson_interval(round(cluster.accuracy * size), size)
+                rest_low, rest_high = wilson_interval(round(rest_accuracy * rest_size), rest_size)
+                apart_in_accuracy = high < rest_low or rest_high < low
                 if correlation >= APART_MAP_CORRELATION and not apart_in_accuracy:
                     continue
-                size = len(cluster.members)
                 why = "looks elsewhere" if correlation < APART_MAP_CORRELATION else f"{cluster.accuracy:.0%} right against {rest_accuracy:.0%}"
                 yield (
                     "heatmap cluster",

@@ -137,6 +137,12 @@ def test_a_heatmap_cluster_apart_from_its_class_becomes_a_finding(diagnosis):
     # Each of the two clusters stands apart from the rest of its class (the other one).
     assert sorted(len(row.members) for row in rows.itertuples()) == [10, 20]
     assert all(row.evidence["map_correlation"] < 0 for row in rows.itertuples())
+    # Maps alike, accuracies apart: 19 of 20 right against 2 of 10 (a shortcut that works on part of the class),
+    # but not 20 of 20 against 9 of 10 (the Wilson intervals, [0.84, 1] and [0.6, 0.98], overlap).
+    shortcut = diagnosis.with_heatmap_clusters([clusters([(centre, range(0, 20), 0.95), (centre * 0.9, range(20, 30), 0.2)])])
+    assert sorted(len(row.members) for row in shortcut.findings().query("kind == 'heatmap cluster'").itertuples()) == [10, 20]
+    chance = diagnosis.with_heatmap_clusters([clusters([(centre, range(0, 20), 1.0), (centre * 0.9, range(20, 30), 0.9)])])
+    assert "heatmap cluster" not in set(chance.findings()["kind"])
     # Clustering the class again replaces its clusters rather than adding to them.
     assert len(shortcut.with_heatmap_clusters([clusters([(centre, range(0, 30), 1.0)])]).heatmap_clusters) == 1
 
