@@ -198,10 +198,15 @@ class Diagnosis:
                 apart_in_accuracy = high < rest_low or rest_high < low
                 if correlation >= APART_MAP_CORRELATION and not apart_in_accuracy:
                     continue
-                why = "looks elsewhere" if correlation < APART_MAP_CORRELATION else f"{cluster.accuracy:.0%} right against {rest_accuracy:.0%}"
+                name = self._name(result.target)
+                title = (
+                    f"{size} images of {name} where the model looks elsewhere than in the rest of the class"
+                    if correlation < APART_MAP_CORRELATION
+                    else f"{size} images of {name} the model gets {cluster.accuracy:.0%} right, against {rest_accuracy:.0%} for the rest of the class"
+                )
                 yield (
                     "heatmap cluster",
-                    f"{size} images of {self._name(result.target)} where the model {why} than in the rest of the class",
+                    title,
                     size,
                     float(size * max(abs(cluster.accuracy - rest_accuracy), 1.0 - correlation)),
                     np.asarray(cluster.members, dtype=np.int64),

@@ -218,3 +218,21 @@ def test_without_labels_the_panel_says_what_it_needs():
     panel = DiagnosePanel(model, pictures[:20], cw.demo.digits_preprocess, names)
     assert "labels" in panel.error and "pass labels=" in panel.error
     panel.close()
+
+
+@pytest.mark.parametrize("seed, target, corner", [(0, 3, (0, 0)), (1, 7, (1, 1))])
+def test_the_tab_lists_the_cluster_of_a_planted_shortcut(seed, target, corner):
+    from tests.test_heatmap_clusters import clever_hans
+
+    model, x, y, marked = clever_hans(seed, target, corner)
+    panel = DiagnosePanel(model, x, labels=y, cache=False)
+    settled(panel)
+    assert panel.error == ""
+    findings = panel.diagnosis.findings()
+    clusters = findings[findings["kind"] == "heatmap cluster"]
+    of_target = [row for row in clusters.itertuples() if row.evidence["target"] == target]
+    # A listed cluster of the class is marked images (at least 90% of it), and every listed one is pure.
+    shares = [np.isin(row.members, marked).mean() for row in of_target]
+    assert max(shares) >= 0.9
+    assert all(share >= 0.9 or share <= 0.1 for share in shares)
+    panel.close()
