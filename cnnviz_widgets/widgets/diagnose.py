@@ -137,10 +137,10 @@ def evidence_html(kind: str, evidence: dict, names: list[str]) -> str:
 
         def classes(value) -> str:
             distinct = np.unique(value)
-            return f"<b>{name(distinct[0])}</b>" if len(distinct) == 1 else f"{len(distinct)} classes"
+            return f"<b>{name(distinct[0])}</b>" if len(distinct) == 1 else f"one of {len(distinct)} classes"
 
         return (
-            f"<div style='font-size:12px'>labelled {classes(evidence['given'])} (the model gives the label "
+            f"<div style='font-size:12px'>each labelled {classes(evidence['given'])} (the model gives the label "
             f"{_percent(np.median(given_p))}, median) · the model suggests {classes(evidence['suggested'])} "
             f"({_percent(np.median(suggested_p))}, median) · the maps show where it sees the suggested class</div>"
         )
@@ -159,9 +159,12 @@ def evidence_html(kind: str, evidence: dict, names: list[str]) -> str:
             f"(mean cosine distance {score.min():.2f} to {score.max():.2f})</div>"
         )
     if kind == "weak slice":
+        true, predicted = evidence["true_class"], evidence["predicted_class"]
+        # The most common wrong answer can be the slice's own class: images of other labels taken for it.
+        calls = "" if predicted in (true, -1) else f" the model often calls <b>{name(predicted)}</b>"
         return (
-            f"<div style='font-size:12px'>images of <b>{name(evidence['true_class'])}</b> the model often calls "
-            f"<b>{name(evidence['predicted_class'])}</b>, close together in the embedding space:</div>"
+            f"<div style='font-size:12px'>images mostly of <b>{name(true)}</b>{calls}, close together in the "
+            "embedding space:</div>"
             + accuracy_bars_html(evidence["accuracy"], evidence["low"], evidence["high"], evidence["overall"])
         )
     if kind == "heatmap cluster":
@@ -175,8 +178,8 @@ def evidence_html(kind: str, evidence: dict, names: list[str]) -> str:
 
 
 def of_member(value, position: int) -> int:
-    """A class of a finding's evidence: one for the whole finding, or one per member."""
-    return int(value) if np.ndim(value) == 0 else int(np.asarray(value)[position])
+    """The class a finding's evidence gives its ``position``-th member."""
+    return int(np.asarray(value)[position])
 
 
 def mapped_class(kind: str, evidence: dict, position: int) -> int | None:
