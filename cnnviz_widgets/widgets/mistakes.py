@@ -40,7 +40,8 @@ ORDERS = (
 )
 """The gallery's orders. Hardness and mistakenness are FiftyOne's (see ``Diagnosis.hardness`` and
 ``Diagnosis.mistakenness``), highest first; they come from the diagnosis, computed once per weights."""
-SCORED_ORDERS = {"hardness": "hardness", "mistakenness": "mistakenness"}
+SCORED_ORDERS = ("hardness", "mistakenness")
+"""The orders by a score of the diagnosis, named after its attribute."""
 RIGHT_COLOR = "#2e7d32"
 WRONG_COLOR = "#c62828"
 
@@ -215,7 +216,7 @@ class MistakesPanel(Panel):
     def _evaluate_and_score(self, task):
         evaluation = self._evaluate(task, share=0.5)
         diagnosis = self.session.diagnosis(scaled(task.checkpoint, 0.5, 1.0))
-        return evaluation, {order: np.asarray(getattr(diagnosis, attribute)) for order, attribute in SCORED_ORDERS.items()}
+        return evaluation, {order: np.asarray(getattr(diagnosis, order)) for order in SCORED_ORDERS}
 
     def _show_evaluation_and_scores(self, result) -> None:
         evaluation, self._scores = result
