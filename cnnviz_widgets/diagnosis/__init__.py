@@ -28,7 +28,8 @@ SUSPECT_COLUMNS = ("index", "source", "given", "suggested", "kind", "score")
 LABEL_PAIR_MIN = 2
 """Suspect labels given one class and suggested another make a finding of their own from this many on."""
 NEIGHBOURS = 10
-"""Neighbours per image in the embedding space, for the near duplicates and the outliers."""
+"""Neighbours per image in the embedding space, for the near duplicates and the outliers (all the others in a
+smaller set)."""
 APART_MAP_CORRELATION = 0.2
 """A heatmap cluster stands apart from the rest of its class when its mean map correlates with the rest's below
 this (Pearson, over the grid), or when the Wilson intervals of its accuracy and of the rest's do not overlap.
@@ -295,10 +296,12 @@ def diagnosis_of(
     called between the kinds of finding."""
     if evaluation.given_probabilities is None and evaluation.probabilities is None:
         raise ValueError("evaluation: keeps neither every probability nor the given labels'; diagnose a pass's evaluation")
+    if len(embeddings) < 2:
+        raise ValueError(f"images: a diagnosis compares images with each other; it needs at least 2, got {len(embeddings)}")
     check(checkpoint, 0.0)
     issues = label_issues(evaluation)
     check(checkpoint, 0.2)
-    graph = neighbour_graph(embeddings, NEIGHBOURS)
+    graph = neighbour_graph(embeddings, min(NEIGHBOURS, len(embeddings) - 1))
     check(checkpoint, 0.6)
     duplicates = near_duplicates(graph, evaluation.labels, evaluation.input_digests)
     far = outliers(graph)

@@ -157,3 +157,12 @@ def test_diagnosis_needs_labels_and_a_pass_evaluation(planted):
     )
     with pytest.raises(ValueError, match="^evaluation"):
         diagnosis_of(by_hand, np.zeros((3, 4), np.float32), ["a", "b"], ["0", "1", "2"])
+
+
+def test_a_set_of_a_few_images_is_diagnosed_and_a_single_image_refused(planted):
+    images, labels, names, _, _ = planted
+    model = cw.demo.digits_model()
+    few = cw.diagnose(model, images[:3], labels[:3], cache=False, checkpoint=lambda *args: None)
+    assert few.count == 3 and set(few.findings()["kind"]) <= set(KINDS)
+    with pytest.raises(ValueError, match="^images: .* at least 2, got 1"):
+        cw.diagnose(model, images[:1], labels[:1], cache=False, checkpoint=lambda *args: None)
