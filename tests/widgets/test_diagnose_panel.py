@@ -236,3 +236,26 @@ def test_the_tab_lists_the_cluster_of_a_planted_shortcut(seed, target, corner):
     assert max(shares) >= 0.9
     assert all(share >= 0.9 or share <= 0.1 for share in shares)
     panel.close()
+
+
+def test_new_weights_give_a_new_diagnosis_and_a_new_sweep():
+    from tests.stand_ins import wait_until
+
+    panel, model, pictures, labels, flipped = diagnose_panel()
+    settled(panel)
+    first = panel.diagnosis
+    assert first.accuracy > 0.8
+    # The user breaks the classifier through .data, as a training loop may: the watcher sees it.
+    with torch.no_grad():
+        model.classifier.weight.data.mul_(-1)
+    assert wait_until(lambda: panel.diagnosis is not first and panel.diagnosis is not None, timeout=60)
+    settled(panel)
+    x = torch.cat([cw.demo.digits_preprocess(picture) for picture in pictures])
+    expected = cw.evaluate(model, x, labels, progress=False)
+    assert panel.diagnosis.accuracy == pytest.approx(expected.accuracy) and panel.diagnosis.accuracy < 0.5
+    np.testing.assert_array_equal(panel.diagnosis.predictions, expected.predictions)
+    # The classes' heatmaps were clustered again, under the new weights.
+    assert sorted(panel._swept) == list(range(10))
+    for target, result in panel._swept.items():
+        assert result.class_accuracy == pytest.approx(expected.per_class_accuracy[target])
+    panel.close()
