@@ -71,7 +71,8 @@ def embedding_layer(calls: list[LayerCall], model: nn.Module) -> tuple[str, str]
     """Where embeddings come from by default: ``("input", name)`` of the last ``nn.Linear`` called (the
     features the classifier separates), or, for a model without one (SqueezeNet, a fully convolutional
     net), ``("output", name)`` of its Grad-CAM layer, to be averaged over space."""
-    linears = [call for call in calls if isinstance(call.module, nn.Linear)]
+    # A dynamically quantized copy (``quantize_dynamic``) keeps float inputs to its linears: the same embedding.
+    linears = [call for call in calls if isinstance(call.module, (nn.Linear, torch.ao.nn.quantized.dynamic.Linear))]
     if linears:
         return "input", linears[-1].name
     return "output", heatmap_layer(calls, model)
