@@ -24,6 +24,7 @@ from .methods import (
 from .data import Evaluation, embed, evaluate, project
 from .comparison import ModelDiff, model_diff
 from .diagnosis import Diagnosis, diagnose
+from .layer_similarity import layer_similarity
 from .projector import export_projector
 from .widgets.charts import ClassProbabilities, ConfusionMatrix
 from .widgets.scatter3d import Scatter3D
