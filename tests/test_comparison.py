@@ -132,17 +132,18 @@ def test_two_checkpoints_of_one_architecture_match_a_direct_computation_and_stay
 
 
 def test_a_model_trained_one_more_step_flips_images_as_a_direct_computation_says(digits):
-    pictures, labels, names = digits
+    pictures, labels, _ = digits
     model_a = cw.demo.digits_model()
-    model_b = copy.deepcopy(model_a).train()
+    # One SGD step on a batch of training digits, BatchNorm's statistics frozen (eval mode), as a fine-tune.
+    model_b = copy.deepcopy(model_a)
     x, y, _ = cw.demo.digits("train")
-    optimiser = torch.optim.SGD(model_b.parameters(), lr=0.5)
-    optimiser.zero_grad()
+    optimiser = torch.optim.SGD(model_b.parameters(), lr=0.01)
     nn.functional.cross_entropy(model_b(x[:64]), y[:64]).backward()
     optimiser.step()
-    model_b.eval()
+    model_b.zero_grad(set_to_none=True)
     diff = cw.model_diff(model_a, model_b, pictures, labels, cw.demo.digits_preprocess, cache=False)
     assert_matches_direct(diff, direct_diff(model_a, model_b, pictures, labels), labels)
+    assert 0 < len(diff.flips) < 0.2 * IMAGES
 
 
 def test_a_dynamically_quantized_copy_runs_and_flips_few_images(digits):
@@ -153,6 +154,9 @@ def test_a_dynamically_quantized_copy_runs_and_flips_few_images(digits):
     assert_matches_direct(diff, direct_diff(model, quantized, pictures, labels), labels)
     assert len(diff.flips) <= 0.02 * IMAGES
     assert diff.embedding_agreement.mean() > 0.9
+    # Both embed at their classifier's input: the float model's features up to the int8 rounding.
+    inputs = inputs_of(pictures)
+    np.testing.assert_allclose(cw.embed(quantized, inputs, progress=False), cw.embed(model, inputs, progress=False), atol=0.1)
 
 
 def test_a_pruned_copy_matches_a_direct_computation(digits):
