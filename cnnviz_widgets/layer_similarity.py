@@ -10,8 +10,8 @@ matrices of their flattened activations. It is estimated batch by batch (Nguyen,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -95,17 +95,19 @@ def layer_similarity(
             if len(batch_a) < MIN_BATCH:
                 continue
             if same_model and batch_b is batch_a:
-                grams = _grams(replica_a, batch_a.to(device_a), list(dict.fromkeys(names_a + names_b)), "layers_a")
-                grams_a, grams_b = [grams[name] for name in names_a], [grams[name] for name in names_b]
+                # One pass serves both sides.
+                wanted = {**{name: "layers_b" for name in names_b}, **{name: "layers_a" for name in names_a}}
+                found_a = found_b = _grams(replica_a, batch_a.to(device_a), wanted)
             else:
-                found_a = _grams(replica_a, batch_a.to(device_a), names_a, "layers_a")
-                found_b = _grams(replica_b, batch_b.to(device_b), names_b, "layers_b")
-                grams_a, grams_b = [found_a[name] for name in names_a], [found_b[name] for name in names_b]
-            accumulator.add(torch.stack(grams_a), torch.stack(grams_b))
+                found_a = _grams(replica_a, batch_a.to(device_a), dict.fromkeys(names_a, "layers_a"))
+                found_b = _grams(replica_b, batch_b.to(device_b), dict.fromkeys(names_b, "layers_b"))
+            accumulator.add(torch.stack([found_a[name] for name in names_a]), torch.stack([found_b[name] for name in names_b]))
     if accumulator is None or accumulator.batches == 0:
-        raise ValueError(f"images: need a batch of at least {MIN_BATCH} images, got {source_a.count}")
-    table = pd.DataFrame(accumulator.cka(), index=pd.Index(names_a, name="model_a"), columns=pd.Index(names_b, name="model_b"))
-    return table
+        raise ValueError(
+            f"images: need a batch of at least {MIN_BATCH} images (the unbiased HSIC's minimum), got {source_a.count} "
+            "images in no such batch"
+        )
+    return pd.DataFrame(accumulator.cka(), index=pd.Index(names_a, name="model_a"), columns=pd.Index(names_b, name="model_b"))
 
 
 def _next_batch(batches) -> Tensor:
@@ -147,16 +149,21 @@ def _conv_names(replica: nn.Module, image: Tensor, output, argument: str) -> lis
     return names
 
 
-def _grams(replica: nn.Module, batch: Tensor, names: list[str], argument: str) -> dict[str, Tensor]:
-    """Each layer's Gram matrix ``(B, B)`` of the batch's flattened activations, float64 on the CPU."""
+def _grams(replica: nn.Module, batch: Tensor, arguments: dict[str, str]) -> dict[str, Tensor]:
+    """Each layer's Gram matrix ``(B, B)`` of the batch's flattened activations, float64 on the CPU.
+
+    arguments: the layers' names, each with the argument that named it (for errors).
+    """
     modules = dict(replica.named_modules())
-    with probe(replica, outputs=[(name, modules[name]) for name in names], stop_early=True) as capture:
+    with probe(replica, outputs=[(name, modules[name]) for name in arguments], stop_early=True) as capture:
         capture.run(batch)
     grams = {}
-    for name in names:
-        activations = capture.outputs.pop(name, None)
+    for name, argument in arguments.items():
+        if name not in capture.outputs:
+            raise ValueError(f"{argument}: {name!r} was not called in the model's forward pass; choose another layer")
+        activations = capture.outputs.pop(name)
         if not isinstance(activations, Tensor):
-            raise ValueError(f"{argument}: {name!r} was not called in the model's forward pass, or gave no tensor; choose another layer")
+            raise TypeError(f"{argument}: {name!r} outputs a {type(activations).__name__}, not a tensor; choose another layer")
         flat = activations.reshape(len(batch), -1).float()
         # Centring first (HSIC does not change: the estimator ignores a shift shared by all images) keeps a
         # float32 product of large positive activations from losing the small differences CKA measures.

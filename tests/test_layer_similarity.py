@@ -204,6 +204,15 @@ def test_chosen_layers_and_checkpoint(digits):
     assert fractions == [0.0, 0.4, 0.8]
 
 
+def test_a_last_batch_under_4_images_is_left_out():
+    images = random_images(10, seed=9)
+    pair = Features(3), Features(3, warp)
+    with_remainder = single_value(cw.layer_similarity(*pair, images, batch_size=8))
+    assert with_remainder == pytest.approx(single_value(cw.layer_similarity(*pair, images[:8], batch_size=8)), abs=1e-12)
+    expected = cka(unbiased_hsic, flat(images[:8]), flat(warp(images[:8])))
+    assert with_remainder == pytest.approx(expected, abs=1e-6)
+
+
 def test_pictures_with_a_preprocess_for_each_model():
     generator = np.random.default_rng(8)
     pictures = [Image.fromarray(generator.integers(0, 256, (6, 6, 3), dtype=np.uint8)) for _ in range(40)]
@@ -225,6 +234,23 @@ def test_pictures_with_a_preprocess_for_each_model():
     assert single_value(paired) == pytest.approx(expected, abs=1e-9)
 
 
+class Split(nn.Module):
+    def forward(self, x):
+        return x, -x
+
+
+class Halves(nn.Module):
+    """Its layer ``halves`` outputs a pair of tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.halves = Split()
+        self.features = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        return self.features(self.halves(x)[0]).flatten(1)
+
+
 def test_bad_input_names_the_argument(digits):
     model = cw.demo.digits_model()
     images = digits[:16]
@@ -238,9 +264,13 @@ def test_bad_input_names_the_argument(digits):
         cw.layer_similarity(model, "resnet", images)
     with pytest.raises(TypeError, match=r"^preprocess: expected a callable"):
         cw.layer_similarity(model, model, images, preprocess="imagenet")
-    with pytest.raises(ValueError, match=r"^images: need a batch of at least 4 images, got 3"):
+    with pytest.raises(ValueError, match=r"^images: need a batch of at least 4 images .* got 3"):
         cw.layer_similarity(model, model, images[:3])
     spared = Features(1)
     spared.spare = nn.Conv2d(1, 1, 1)
     with pytest.raises(ValueError, match=r"^layers_b: 'spare' was not called"):
         cw.layer_similarity(model, spared, images, None, ["features", "spare"])
+    with pytest.raises(ValueError, match=r"^layers_b: 'spare' was not called"):
+        cw.layer_similarity(spared, spared, images, ["features"], ["spare"])
+    with pytest.raises(TypeError, match=r"^layers_a: 'halves' outputs a tuple, not a tensor"):
+        cw.layer_similarity(Halves(), model, images, ["halves"])
