@@ -52,10 +52,10 @@ def layer_similarity(
         layer the model's forward calls, in call order.
     preprocess: picture -> model input, one callable for both models or a pair ``(for_a, for_b)``.
     batch_size: images a batch, at least 4 (the unbiased estimator's minimum); larger batches give a less
-        noisy estimate. A DataLoader's own batches are used as they come, and a last batch of fewer than 4
-        images is left out.
-    output: a callable from the model's output to its logits (or a pair, one a model), used only to list the
-        conv layers the logits depend on.
+        noisy estimate. Each batch's HSIC counts in proportion to its images. A DataLoader's own batches are
+        used as they come, and a last batch of fewer than 4 images is left out.
+    output: a callable from the model's output to its logits (or a pair, one a model), for a model whose
+        output is not the logits themselves (a dict, a tuple): the pass that lists its conv layers needs them.
     checkpoint: called as ``checkpoint(fraction_done)`` before each batch; raise from it to stop.
 
     A layer whose activations do not vary over the images has no CKA with anything (NaN). The models

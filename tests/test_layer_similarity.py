@@ -155,7 +155,8 @@ class RotatedLayer(nn.Module):
         self.b = nn.Conv2d(8, 8, 1, bias=False)
         self.c = nn.Conv2d(8, 4, 3)
         with torch.no_grad():
-            self.a.weight.copy_(torch.randn(self.a.weight.shape, generator=generator))
+            for parameter in (self.a.weight, self.a.bias, self.c.weight, self.c.bias):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
             rotation = torch.linalg.qr(torch.randn(8, 8, generator=generator))[0]
             self.b.weight.copy_(3 * rotation.view(8, 8, 1, 1))
 
@@ -211,6 +212,26 @@ def test_a_last_batch_under_4_images_is_left_out():
     assert with_remainder == pytest.approx(single_value(cw.layer_similarity(*pair, images[:8], batch_size=8)), abs=1e-12)
     expected = cka(unbiased_hsic, flat(images[:8]), flat(warp(images[:8])))
     assert with_remainder == pytest.approx(expected, abs=1e-6)
+
+
+class DictOutput(nn.Module):
+    """A model whose output is a dict, as detection and multi-head models give."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = RotatedLayer()
+
+    def forward(self, x):
+        return {"logits": self.inner(x)}
+
+
+def test_a_model_whose_output_needs_a_logits_callable():
+    images = random_images(32, seed=10, shape=(3, 6, 6))
+    plain, wrapped = RotatedLayer(), DictOutput()
+    table = cw.layer_similarity(plain, wrapped, images, output=(None, lambda result: result["logits"]))
+    assert list(table.columns) == ["inner.a", "inner.b", "inner.c"]
+    expected = cw.layer_similarity(plain, RotatedLayer(), images)
+    np.testing.assert_allclose(table.to_numpy(), expected.to_numpy(), atol=1e-9)
 
 
 def test_pictures_with_a_preprocess_for_each_model():
