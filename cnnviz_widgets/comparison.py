@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import check, scaled
 from .diagnosis.embedding import NEIGHBOURS, neighbour_graph
+from .inputs import check_callable_pair
 
 FLIP_KINDS = ("newly_wrong", "newly_right", "changed_wrong")
 """The kinds of flip, as :attr:`ModelDiff.flips` names them."""
@@ -94,7 +95,7 @@ def model_diff(
     """
     from .session import Session
 
-    preprocess_a, preprocess_b = _preprocess_pair(preprocess)
+    preprocess_a, preprocess_b = check_callable_pair(preprocess, "preprocess")
     session_a = Session(
         model_a, images, preprocess=preprocess_a, class_names=class_names, labels=labels, output=output, cache=cache
     )
@@ -121,23 +122,6 @@ def model_diff(
         session_a.close()
         if session_b is not None:
             session_b.close()
-
-
-def _preprocess_pair(preprocess) -> tuple:
-    if preprocess is None or callable(preprocess):
-        return preprocess, preprocess
-    if isinstance(preprocess, (tuple, list)) and len(preprocess) == 2:
-        for which, step in zip("ab", preprocess):
-            if step is not None and not callable(step):
-                raise TypeError(
-                    f"preprocess: expected a callable or a pair (preprocess_a, preprocess_b) of callables, "
-                    f"got {type(step).__name__} for model {which.upper()}"
-                )
-        return tuple(preprocess)
-    raise TypeError(
-        f"preprocess: expected a callable or a pair (preprocess_a, preprocess_b) of callables, got {type(preprocess).__name__}"
-        + (f" of {len(preprocess)}" if isinstance(preprocess, (tuple, list)) else "")
-    )
 
 
 def _diff(session_a, session_b, checkpoint) -> ModelDiff:

@@ -95,6 +95,20 @@ def check_positive_int(value, argument: str) -> int:
     return number
 
 
+def check_callable_pair(value, argument: str) -> tuple:
+    """One callable (or None) for both of two models, or a pair ``(for model A, for model B)`` -> the pair."""
+    expected = f"{argument}: expected a callable or a pair (for model A, for model B) of callables"
+    first = second = value
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise TypeError(f"{expected}, got a {type(value).__name__} of {len(value)}")
+        first, second = value
+    for model, item in (("A", first), ("B", second)):
+        if item is not None and not callable(item):
+            raise TypeError(f"{expected}, got {type(item).__name__} for model {model}")
+    return first, second
+
+
 def check_pair(value, argument: str) -> tuple[int, int]:
     """An int or an ``(h, w)`` pair of positive ints -> ``(h, w)``."""
     if isinstance(value, (tuple, list)):

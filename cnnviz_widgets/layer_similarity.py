@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import _batches, _holds_pictures, _Images
-from .inputs import check_positive_int, model_device
+from .inputs import check_callable_pair, check_positive_int, model_device
 from .layers import called_layers, is_conv, resolve_layer
 from .outputs import check_output
 from .probe import probe
@@ -69,8 +69,8 @@ def layer_similarity(
         raise ValueError(
             f"batch_size: expected at least {MIN_BATCH} (the unbiased HSIC needs 4 images a batch), got {batch_size}"
         )
-    preprocess_a, preprocess_b = _pair(preprocess, "preprocess")
-    output_a, output_b = _pair(output, "output")
+    preprocess_a, preprocess_b = check_callable_pair(preprocess, "preprocess")
+    output_a, output_b = check_callable_pair(output, "output")
     output_a, output_b = check_output(output_a), check_output(output_b)
     chosen_a = _resolve_layers(model_a, layers_a, "layers_a")
     chosen_b = _resolve_layers(model_b, layers_b, "layers_b")
@@ -113,20 +113,6 @@ def layer_similarity(
 def _next_batch(batches) -> Tensor:
     batch, _ = next(batches)
     return batch
-
-
-def _pair(value, argument: str) -> tuple:
-    """One value for both models, or a pair ``(for_a, for_b)``."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{argument}: expected one callable or a pair (for model_a, for model_b), got {len(value)} items")
-        first, second = value
-    else:
-        first = second = value
-    for item in (first, second):
-        if item is not None and not callable(item):
-            raise TypeError(f"{argument}: expected a callable, a pair of callables or None, got {type(item).__name__}")
-    return first, second
 
 
 def _resolve_layers(model: nn.Module, layers, argument: str) -> list[str] | None:
