@@ -72,3 +72,4 @@ bench: setup $(CHROMIUM)
 	$(PYTHON) bench/bench_test_set.py
 	$(PYTHON) bench/bench_session.py
 	$(PYTHON) bench/bench_diagnosis.py
+	$(PYTHON) bench/bench_comparison.py
