@@ -18,7 +18,10 @@ never tests for it.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+
+from tqdm.auto import tqdm
 
 Checkpoint = Callable[..., None]
 """``checkpoint(fraction_done, partial=None)``: see the module's docstring."""
@@ -55,3 +58,17 @@ def scaled(checkpoint: Checkpoint | None, start: float, end: float) -> Checkpoin
         raise ValueError(f"start, end: expected 0 <= start <= end <= 1, got {start!r} and {end!r}")
     span = end - start
     return lambda fraction, partial=None: checkpoint(start + min(max(float(fraction), 0.0), 1.0) * span)
+
+
+@contextmanager
+def progress_bar(total: int, description: str, unit: str = "image", then: Checkpoint | None = None) -> Iterator[Checkpoint]:
+    """A checkpoint that draws the work's progress as a tqdm bar of ``total`` ``unit`` (the public functions'
+    bar, when they run in a notebook cell), then passes the fraction on to ``then``; the bar goes when the
+    block ends."""
+    with tqdm(total=total, desc=description, unit=unit, leave=False) as bar:
+
+        def checkpoint(fraction: float, partial=None) -> None:
+            bar.update(max(round(fraction * total) - bar.n, 0))
+            check(then, fraction)
+
+        yield checkpoint

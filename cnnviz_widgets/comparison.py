@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .checkpoint import check, scaled
+from .checkpoint import check, progress_bar, scaled
 from .diagnosis.embedding import NEIGHBOURS, neighbour_graph
 from .inputs import check_callable_pair
 
@@ -115,9 +114,8 @@ def model_diff(
             )
         if checkpoint is not None:
             return _diff(session_a, session_b, checkpoint)
-        total = 2 * session_a.count
-        with tqdm(total=total, desc="model_diff", unit="image", leave=False) as bar:
-            return _diff(session_a, session_b, lambda fraction, partial=None: bar.update(round(fraction * total) - bar.n))
+        with progress_bar(2 * session_a.count, "model_diff") as shown:
+            return _diff(session_a, session_b, shown)
     finally:
         session_a.close()
         if session_b is not None:

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.neighbors import kneighbors_graph
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoint, check, scaled
+from .checkpoint import Checkpoint, check, progress_bar, scaled
 from .fast import forwarder
 from .inputs import check_int, model_device
 from .methods.grad_cam import CAM_METHODS, CamMethod, LayerPass, batch_layer_pass
@@ -143,12 +142,7 @@ def heatmap_clusters(
 
     session = Session(model, images, preprocess=preprocess, labels=labels, output=output)
     try:
-        with tqdm(total=100, desc="heatmap clusters", unit="%", leave=False) as bar:
-
-            def report(fraction, partial=None):
-                bar.update(max(round(100 * fraction) - bar.n, 0))
-                check(checkpoint, fraction)
-
+        with progress_bar(100, "heatmap clusters", "%", then=checkpoint) as report:
             return session.heatmap_clusters(target, layer, method, k, report)
     finally:
         session.close()

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoint, check
+from ..checkpoint import Checkpoint, check, progress_bar
 from ..data import Evaluation
 from .embedding import near_duplicates, neighbour_graph, outliers, weak_slices, wilson_interval
 from .labels import hardness, label_issues, mistakenness
@@ -342,7 +341,7 @@ def diagnose(
     try:
         if checkpoint is not None:
             return session.diagnosis(checkpoint)
-        with tqdm(total=session.count, desc="diagnose", unit="image", leave=False) as bar:
-            return session.diagnosis(lambda fraction, partial=None: bar.update(round(fraction * session.count) - bar.n))
+        with progress_bar(session.count, "diagnose") as shown:
+            return session.diagnosis(shown)
     finally:
         session.close()
