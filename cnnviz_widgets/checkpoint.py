@@ -18,8 +18,8 @@ never tests for it.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 

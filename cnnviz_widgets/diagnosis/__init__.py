@@ -17,7 +17,13 @@ import pandas as pd
 
 from ..checkpoint import Checkpoint, check, progress_bar
 from ..data import Evaluation
-from .embedding import near_duplicates, neighbour_graph, outliers, weak_slices, wilson_interval
+from .embedding import (
+    near_duplicates,
+    neighbour_graph,
+    outliers,
+    weak_slices,
+    wilson_interval,
+)
 from .labels import hardness, label_issues, mistakenness
 
 KINDS = ("label issues", "conflicting duplicates", "near duplicates", "outliers", "weak slice", "heatmap cluster")
@@ -142,7 +148,7 @@ class Diagnosis:
             else:
                 wrong = self.labels[members[:, 0]] != self.predictions[members[:, 0]]
                 title, weight = f"{len(rows)} pair{_s(len(rows))} of near-identical images", float(wrong.sum())
-            yield kind, title, int(len(np.unique(members))), weight, members.reshape(-1), {
+            yield kind, title, len(np.unique(members)), weight, members.reshape(-1), {
                 "pairs": members,
                 "similarity": rows["similarity"].to_numpy(),
             }
@@ -170,8 +176,10 @@ class Diagnosis:
             taken = "" if row.predicted_class in (row.true_class, -1) else f", mostly taken for {self._name(row.predicted_class)}"
             yield (
                 "weak slice",
-                f"{row.size} alike images, mostly {self._name(row.true_class)}{taken}: "
-                f"{row.accuracy:.0%} right against {overall:.0%} overall",
+                (
+                    f"{row.size} alike images, mostly {self._name(row.true_class)}{taken}: "
+                    f"{row.accuracy:.0%} right against {overall:.0%} overall"
+                ),
                 int(row.size),
                 float(row.size * (overall - row.accuracy)),
                 np.asarray(row.members, dtype=np.int64),
