@@ -19,7 +19,7 @@ BUNDLE = Path(__file__).resolve().parent.parent / "static" / "scatter3d.js"
 
 
 class Scatter3D(anywidget.AnyWidget):
-    """Points in 3D (orbit, zoom, pan) or 2D, coloured by label, prediction or correct/wrong.
+    """Points in 3D (orbit, zoom, pan) or 2D, coloured by label, prediction, correct/wrong or a score per point.
 
     Hovering a point shows its label, prediction and image; a click selects it, shift-click adds or
     removes it, the lasso selects many. ``selected`` holds the selected point indices, in both directions:
@@ -27,7 +27,9 @@ class Scatter3D(anywidget.AnyWidget):
 
     points: (N, 3) or (N, 2) array; labels, predictions: N class indices; class_names: names of the
     classes; images: N images for the hover thumbnails (tensor (N, C, H, W), array or list of PIL images), or
-    their :class:`~cnnviz_widgets.sprites.Atlas` made beforehand (:class:`~cnnviz_widgets.sprites.AtlasBuilder`).
+    their :class:`~cnnviz_widgets.sprites.Atlas` made beforehand (:class:`~cnnviz_widgets.sprites.AtlasBuilder`);
+    scores: N numbers in [0, 1] (e.g. the share of an image's neighbours two models agree on), and score_name what
+    they measure: ``color_by="score"`` colours the points in five bins, red (low) through amber to green (high).
     """
 
     _esm = BUNDLE
@@ -39,6 +41,10 @@ class Scatter3D(anywidget.AnyWidget):
     labels = traitlets.Bytes(help="uint16 true class per point; empty if unknown").tag(sync=True)
     predictions = traitlets.Bytes(help="uint16 predicted class per point; empty if unknown").tag(sync=True)
     class_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    scores = traitlets.Bytes(help="float32 score in [0, 1] per point; empty if none (set with set_scores)").tag(sync=True)
+    score_name = traitlets.Unicode("", help="what the scores measure, shown in the colour menu and the hover").tag(
+        sync=True
+    )
     color_by = traitlets.Enum(scatter_data.COLOR_BY, default_value="label").tag(sync=True)
     view = traitlets.Enum(("3d", "2d"), default_value="3d").tag(sync=True)
     point_size = traitlets.Float(4.0, help="point diameter in CSS pixels").tag(sync=True)
@@ -59,6 +65,8 @@ class Scatter3D(anywidget.AnyWidget):
         color_by: str | None = None,
         point_size: float | None = None,
         view: str | None = None,
+        scores=None,
+        score_name: str = "",
         **kwargs,
     ):
         buffer, dims = scatter_data.positions(points)
@@ -67,14 +75,18 @@ class Scatter3D(anywidget.AnyWidget):
             "points": buffer,
             "labels": scatter_data.classes(labels, count, "labels"),
             "predictions": scatter_data.classes(predictions, count, "predictions"),
+            "scores": scatter_data.scores(scores, count),
+            "score_name": _checked_name(score_name, "score_name") if scores is not None else "",
             "class_names": [str(name) for name in class_names] if class_names is not None else [],
             "view": view or ("2d" if dims == 2 else "3d"),
             "point_size": point_size if point_size is not None else scatter_data.default_point_size(count),
         }
-        if color_by is None:
-            color_by = "prediction" if labels is None and predictions is not None else "label"
-        state["color_by"] = color_by
-        state.update(self._coloring(color_by, state["labels"], state["predictions"], state["class_names"], count))
+        state["color_by"] = color_by if color_by is not None else _default_color_by(state["labels"], state["predictions"])
+        state.update(
+            self._coloring(
+                state["color_by"], state["labels"], state["predictions"], state["class_names"], count, state["scores"]
+            )
+        )
         if images is not None:
             atlas = build_atlas(images, thumbnail_size=HOVER_THUMBNAIL_SIZE, max_side=HOVER_MAX_SIDE)
             if atlas.count != count:
@@ -99,16 +111,38 @@ class Scatter3D(anywidget.AnyWidget):
     def set_predictions(self, predictions) -> None:
         """New predicted classes (the model changed): the colours follow when they show predictions."""
         encoded = scatter_data.classes(predictions, self.count, "predictions")
-        colouring = self._coloring(self.color_by, self.labels, encoded, self.class_names, self.count)
+        colouring = self._coloring(self.color_by, self.labels, encoded, self.class_names, self.count, self.scores)
         with self.hold_sync():
             self.predictions = encoded
             for name, value in colouring.items():
                 setattr(self, name, value)
 
+    def set_scores(self, scores, name: str = "") -> None:
+        """A score in [0, 1] per point and what it measures (None clears both). Coloured by score, the colours
+        follow; cleared while coloured by score, the points go back to label (or prediction, without labels)."""
+        encoded = scatter_data.scores(scores, self.count)
+        name = _checked_name(name, "name") if scores is not None else ""
+        with self.hold_sync():
+            if scores is None and self.color_by == "score":
+                self.scores, self.score_name = encoded, name
+                self.color_by = _default_color_by(self.labels, self.predictions)
+                return
+            colouring = {}
+            if self.color_by == "score":
+                colouring = self._coloring("score", self.labels, self.predictions, self.class_names, self.count, encoded)
+            self.scores, self.score_name = encoded, name
+            for trait, value in colouring.items():
+                setattr(self, trait, value)
+
     @staticmethod
-    def _coloring(color_by, labels: bytes, predictions: bytes, class_names, count) -> dict:
+    def _coloring(color_by, labels: bytes, predictions: bytes, class_names, count, scores: bytes) -> dict:
         colors, palette, legend = scatter_data.coloring(
-            color_by, scatter_data.decode_classes(labels), scatter_data.decode_classes(predictions), class_names, count
+            color_by,
+            scatter_data.decode_classes(labels),
+            scatter_data.decode_classes(predictions),
+            class_names,
+            count,
+            scatter_data.decode_scores(scores),
         )
         return {"colors": colors, "palette": palette, "legend": legend}
 
@@ -122,7 +156,9 @@ class Scatter3D(anywidget.AnyWidget):
     @traitlets.validate("color_by")
     def _check_color_by(self, proposal):
         # Validated here, before the change lands, so an impossible colouring leaves the old one in place.
-        self._recolored = self._coloring(proposal["value"], self.labels, self.predictions, self.class_names, self.count)
+        self._recolored = self._coloring(
+            proposal["value"], self.labels, self.predictions, self.class_names, self.count, self.scores
+        )
         return proposal["value"]
 
     @traitlets.observe("color_by")
@@ -130,3 +166,14 @@ class Scatter3D(anywidget.AnyWidget):
         with self.hold_sync():
             for name, value in self._recolored.items():
                 setattr(self, name, value)
+
+
+def _default_color_by(labels: bytes, predictions: bytes) -> str:
+    """What the points show unless told otherwise: labels, or predictions when only those are known."""
+    return "prediction" if not labels and predictions else "label"
+
+
+def _checked_name(name, argument: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{argument}: expected a str saying what the scores measure, got {type(name).__name__}")
+    return name

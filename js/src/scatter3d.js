@@ -1,7 +1,7 @@
 // Scatter3D: a three.js point cloud for anywidget.
 //
 // Positions arrive as one float32 buffer (x, y, z per point), colours as one uint8 palette index per point,
-// labels and predictions as uint16 class indices, thumbnails as one PNG atlas: a million points cross the
+// labels and predictions as uint16 class indices, scores as float32, thumbnails as one PNG atlas: a million points cross the
 // wire as bytes and live on the GPU as three attributes. Drawing happens only when something changed.
 // Hover, click and lasso work in screen space: the points are projected once per camera move into a grid
 // of buckets, so each query touches only the points near the pointer.
@@ -9,6 +9,7 @@ import * as THREE from "three";
 import { OrbitControls } from "three/examples/jsm/controls/OrbitControls.js";
 import { STYLE } from "./style.js";
 import { ScreenIndex } from "./screen_index.js";
+import { colourChoices, scoreLine } from "./colour_choices.js";
 
 const NO_CLASS = 65535;
 const CAMERA_DISTANCE = 3.2;
@@ -309,6 +310,8 @@ function render({ model, el }) {
       const verdict = label === null ? "" : labels[i] === predictions[i] ? " ✓" : " ✗";
       lines.push(`predicted: ${predicted}${verdict}`);
     }
+    const scores = typedView(model.get("scores"), Float32Array);
+    if (i < scores.length) lines.push(scoreLine(model.get("score_name"), scores[i]));
     return lines;
   }
 
@@ -446,13 +449,12 @@ function render({ model, el }) {
     model.save_changes();
   });
   function colorOptions() {
-    const hasLabels = bytesOf(model.get("labels")).length > 0;
-    const hasPredictions = bytesOf(model.get("predictions")).length > 0;
-    const options = [
-      ["label", "colour: label", hasLabels],
-      ["prediction", "colour: prediction", hasPredictions],
-      ["correct", "colour: correct / wrong", hasLabels && hasPredictions],
-    ].filter(([, , available]) => available);
+    const options = colourChoices({
+      hasLabels: bytesOf(model.get("labels")).length > 0,
+      hasPredictions: bytesOf(model.get("predictions")).length > 0,
+      hasScores: bytesOf(model.get("scores")).length > 0,
+      scoreName: model.get("score_name"),
+    });
     colorBy.replaceChildren(...options.map(([value, text]) => {
       const option = element("option", null, null, text);
       option.value = value;
@@ -503,7 +505,7 @@ function render({ model, el }) {
     "change:selected": setSelection,
     "change:point_size": setPointSize,
     "change:view": applyView,
-    "change:labels change:predictions change:color_by": colorOptions,
+    "change:labels change:predictions change:scores change:score_name change:color_by": colorOptions,
     "change:sprite": setSprite,
     "change:height change:width": resize,
   };

@@ -45,6 +45,25 @@ def test_seventy_thousand_points_cross_as_seventeen_bytes_each():
     assert len(json.dumps(json_part)) < 2_000, "per-point data leaked into the JSON part of the state"
 
 
+def test_scores_cross_as_four_bytes_a_point_in_a_binary_buffer():
+    rng = np.random.default_rng(0)
+    count = 70_000
+    widget = cw.Scatter3D(
+        rng.normal(size=(count, 3)),
+        labels=rng.integers(0, 10, count),
+        predictions=rng.integers(0, 10, count),
+        scores=rng.integers(0, 11, count) / 10,
+        score_name="neighbours shared with the reference model",
+        color_by="score",
+    )
+    state, paths, buffers = wire(widget)
+    sizes = {path[0]: len(buffer) for path, buffer in zip(paths, buffers)}
+    assert sizes["scores"] == 4 * count and sizes["colors"] == count
+    assert sum(len(buffer) for buffer in buffers) == 21 * count
+    json_part = {key: value for key, value in state.items() if key not in CODE_TRAITS}
+    assert len(json.dumps(json_part)) < 2_000, "per-point scores leaked into the JSON part of the state"
+
+
 def test_points_are_float32_centred_in_the_unit_cube():
     # Centre (2, 1, 5); the widest axis, z, spans 10, so every axis is divided by 5.
     points = np.array([[0, 0, 0], [4, 2, 0], [2, 1, 10]], dtype=np.float64)
@@ -150,6 +169,79 @@ def test_hover_thumbnails_travel_as_one_png_atlas():
     assert np.corrcoef(observed.ravel(), expected.ravel())[0, 1] > 0.95
 
 
+# Five equal bins over [0, 1]; a score on an edge belongs to the bin above, and 1.0 to the last.
+SCORES = [0.0, 0.1999, 0.2, 0.3, 0.4, 0.5999, 0.6, 0.7, 0.79, 0.8, 0.95, 1.0]
+BINS = [0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4]
+
+
+def test_colour_by_score_in_five_bins_red_to_green():
+    widget = cw.Scatter3D(np.zeros((len(SCORES), 3)), labels=[0] * len(SCORES), scores=SCORES, score_name="agreement")
+    assert widget.color_by == "label" and widget.score_name == "agreement"
+    np.testing.assert_array_equal(np.frombuffer(widget.scores, np.float32), np.float32(SCORES))
+
+    widget.color_by = "score"
+    assert list(widget.colors) == BINS
+    assert widget.legend == ["0–20%", "20–40%", "40–60%", "60–80%", "80–100%"]
+    red, green = (np.array([int(code[i : i + 2], 16) for i in (1, 3, 5)]) for code in widget.palette[::4])
+    assert red[0] > 200 > red[1] and green[1] > 150 > green[0], "low scores red, high scores green"
+
+
+def test_shares_of_ten_neighbours_fall_in_the_bins_of_their_value():
+    # The agreement of ten neighbours (shared / 10): 2, 4, 6, 8 of ten sit on the edges and land in the bin
+    # above them, also when float64 arithmetic left them a hair below (0.7 - 0.3 is 0.39999999999999997).
+    shared = np.arange(11)
+    widget = cw.Scatter3D(np.zeros((11, 3)), scores=shared / 10, color_by="score")
+    assert list(widget.colors) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4]
+    edges = np.array([0.2, 0.4, 0.6, 0.8])
+    near_edges = np.concatenate([np.nextafter(edges, 0), [0.7 - 0.3, 0.19, 0.79]])
+    widget = cw.Scatter3D(np.zeros((len(near_edges), 3)), scores=near_edges, color_by="score")
+    assert list(widget.colors) == [1, 2, 3, 4, 2, 0, 3]
+
+
+def test_set_scores_recolours_and_clearing_them_falls_back():
+    widget = cw.Scatter3D(np.zeros((3, 3)), labels=[2, 0, 2])
+    shown = []
+    widget.observe(lambda change: shown.append(change["new"]), "colors")
+    widget.set_scores([0.1, 0.5, 0.9], "agreement")
+    assert shown == [] and widget.score_name == "agreement", "coloured by label, new scores leave the colours"
+    widget.color_by = "score"
+    assert list(widget.colors) == [0, 2, 4]
+    widget.set_scores([1.0, 0.0, 0.45], "overlap")
+    assert list(widget.colors) == [4, 0, 2] and widget.score_name == "overlap"
+
+    widget.set_scores(None)
+    assert widget.scores == b"" and widget.score_name == ""
+    assert widget.color_by == "label" and list(widget.colors) == [1, 0, 1] and widget.legend == ["0", "2"]
+    with pytest.raises(ValueError, match="color_by"):
+        widget.color_by = "score"
+
+    predicted = cw.Scatter3D(np.zeros((2, 3)), predictions=[1, 0], scores=[0.3, 0.9], color_by="score")
+    predicted.set_scores(None)
+    assert predicted.color_by == "prediction" and list(predicted.colors) == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "scores, given",
+    [
+        ([0.5, 0.5], "got shape (2,)"),
+        ([[0.5, 0.5, 0.5]], "got shape (1, 3)"),
+        ([0.5, np.nan, 0.5], "nan at point 1"),
+        ([0.5, 0.5, np.inf], "inf at point 2"),
+        ([0.5, 1.2, 0.5], "1.2 at point 1"),
+        ([-0.1, 0.5, 0.5], "-0.1 at point 0"),
+    ],
+)
+def test_bad_scores_are_refused_and_say_what_was_given(scores, given):
+    widget = cw.Scatter3D(np.zeros((3, 3)), labels=[0, 1, 2], scores=[0.1, 0.2, 0.3], color_by="score")
+    before = (widget.scores, widget.colors)
+    with pytest.raises(ValueError, match="^scores: ") as error:
+        widget.set_scores(scores, "agreement")
+    assert given in str(error.value)
+    assert (widget.scores, widget.colors) == before
+    with pytest.raises(ValueError, match="^scores: "):
+        cw.Scatter3D(np.zeros((3, 3)), scores=scores)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, argument",
     [
@@ -161,6 +253,9 @@ def test_hover_thumbnails_travel_as_one_png_atlas():
         ({"points": np.zeros((2, 3)), "predictions": [-1, 0]}, ValueError, "predictions"),
         ({"points": np.zeros((2, 3)), "images": np.zeros((3, 8, 8), np.uint8)}, ValueError, "images"),
         ({"points": np.zeros((2, 3)), "labels": [0, 1], "color_by": "correct"}, ValueError, "color_by"),
+        ({"points": np.zeros((2, 3)), "labels": [0, 1], "color_by": "score"}, ValueError, "color_by"),
+        ({"points": np.zeros((2, 3)), "scores": ["high", "low"]}, TypeError, "scores"),
+        ({"points": np.zeros((2, 3)), "scores": [0.5, 1.0], "score_name": 3}, TypeError, "score_name"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, error, argument):
