@@ -19,7 +19,7 @@ import traitlets
 from .. import render
 from ..neighbours import NEIGHBOURS, nearest
 from ..projection_process import TSNE_ITERATIONS, ProjectionProcess
-from . import drawing
+from . import drawing, scatter_data
 from .base import Panel
 from .picture import ClickablePicture
 from .scatter3d import Scatter3D
@@ -67,6 +67,8 @@ class ProjectorPanel(Panel):
 
     A t-SNE moves the points as it forms; Stop keeps the layout it reached. Under the scatter, the images
     nearest to the current one by cosine similarity of their embeddings; a click on one selects it.
+    :meth:`set_scores` gives each image a score in [0, 1] (e.g. ``ModelDiff.embedding_agreement``) and
+    :meth:`colour_points` ``("score")`` colours the points by it.
     """
 
     title = "Projector"
@@ -107,6 +109,10 @@ class ProjectorPanel(Panel):
         self._view: _View | None = None
         # Points selected by select(): kept for the scatter made later, and not taken for a click on a point.
         self._selection: list[int] = []
+        # Scores and colouring asked for before the first projection: kept for the scatter made then.
+        self._scores: np.ndarray | None = None
+        self._score_name = ""
+        self._colour_by: str | None = None
         self._stopped = False
         controls = widgets.HBox([self.method, self.dims], layout=widgets.Layout(grid_gap="12px"))
         return [self.layer_chooser, controls, self.scatter_box, self.summary, self.neighbour_title, neighbour_row]
@@ -164,7 +170,6 @@ class ProjectorPanel(Panel):
 
     def _show(self, view: _View) -> None:
         shown, self._view = self._view, view
-        layer, method, dims = view.key
         if self.scatter is None:
             self.scatter = Scatter3D(
                 view.points,
@@ -172,15 +177,30 @@ class ProjectorPanel(Panel):
                 predictions=view.predictions,
                 class_names=self.session.class_names,
                 images=self.session.dataset_pass.thumbnails(),
+                color_by=self._colour_by,
+                scores=self._scores,
+                score_name=self._score_name,
             )
             self.scatter.selected = self._selection
             self.scatter.observe(self._point_chosen, "selected")
+            self.scatter.observe(lambda _: self._summarise(), "color_by")
             self.scatter_box.children = [self.scatter]
         else:
             with self.scatter.hold_sync():
                 self.scatter.set_points(view.points)
                 if shown is None or shown.predictions is not view.predictions:
                     self.scatter.set_predictions(view.predictions)
+        self._summarise()
+        if shown is None or shown.embeddings is not view.embeddings:
+            self._find_neighbours()
+
+    def _summarise(self) -> None:
+        """One line under the scatter: the images, the layer, the projection, how far a t-SNE got, and the
+        colouring when it is by score (the legend then shows only percentages)."""
+        view = self._view
+        if view is None:
+            return
+        layer, method, dims = view.key
         progress = ""
         if view.iteration is not None:
             progress = (
@@ -188,12 +208,44 @@ class ProjectorPanel(Panel):
                 if view.stopped
                 else f", forming: iteration {view.iteration} of {TSNE_ITERATIONS}"
             )
+        colouring = ""
+        if self.scatter is not None and self.scatter.color_by == "score":
+            colouring = f", coloured by {drawing.escape(self.scatter.score_name or 'score')}"
         self.summary.value = (
             f"<span style='font-size:12px'>{self.session.count} images, embedded at "
-            f"{drawing.escape(layer)}, projected to {dims}D by {METHOD_NAMES[method]}{progress}</span>"
+            f"{drawing.escape(layer)}, projected to {dims}D by {METHOD_NAMES[method]}{progress}{colouring}</span>"
         )
-        if shown is None or shown.embeddings is not view.embeddings:
-            self._find_neighbours()
+
+    def set_scores(self, scores, name: str = "") -> None:
+        """A score in [0, 1] per image and what it measures (e.g. "neighbours shared with the reference model"),
+        for the scatter now or, before the first projection, once it is made; None clears them, and points
+        coloured by score go back to their classes."""
+        encoded = scatter_data.scores(scores, self.session.count)
+        if not isinstance(name, str):
+            raise TypeError(f"name: expected a str saying what the scores measure, got {type(name).__name__}")
+        # Under the lock that shows a projection: a scatter made meanwhile gets these scores, or is given them.
+        with self._apply_lock, self.hold_sync():
+            self._scores = scatter_data.decode_scores(encoded)
+            self._score_name = name if scores is not None else ""
+            if scores is None and self._colour_by == "score":
+                self._colour_by = None
+            if self.scatter is not None:
+                self.scatter.set_scores(self._scores, self._score_name)
+                self._summarise()
+
+    def colour_points(self, kind: str) -> None:
+        """Colour the points by ``kind`` ("label", "prediction", "correct" or "score"), now or, before the first
+        projection, once the scatter is made."""
+        if kind not in scatter_data.COLOR_BY:
+            raise ValueError(f"kind: expected one of {scatter_data.COLOR_BY}, got {kind!r}")
+        if kind in ("label", "correct") and self.session.labels is None:
+            raise ValueError(f"kind: {kind!r} needs the images' labels, which were not given")
+        if kind == "score" and self._scores is None:
+            raise ValueError("kind: 'score' needs scores; give them with set_scores first")
+        with self._apply_lock, self.hold_sync():
+            self._colour_by = kind
+            if self.scatter is not None:
+                self.scatter.color_by = kind
 
     def select(self, indices) -> None:
         """Select the points of images ``indices`` (e.g. a finding's), now or, before the scatter exists, once it

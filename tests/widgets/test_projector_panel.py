@@ -255,3 +255,88 @@ def test_opening_the_projector_after_the_pass_reads_no_picture_for_the_hover_thu
     assert (projector.scatter.sprite_size, projector.scatter.sprite_columns) == (expected.thumbnail_size, expected.columns)
     np.testing.assert_array_equal(pixels(projector.scatter.sprite), np.asarray(expected.image))
     dashboard.close()
+
+
+# A share of ten neighbours per image, as ModelDiff.embedding_agreement gives it, and the bin each falls in:
+# five equal bins over [0, 1], a share on an edge in the bin above.
+SHARES = np.arange(11) / 10
+SHARE_BINS = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4]
+AGREEMENT = "neighbours shared with the reference model"
+
+
+def test_scores_given_before_the_first_projection_colour_the_scatter_made_then(digits, tmp_path):
+    model, pictures, labels, names = digits
+    panel = panel_of(cw.ProjectorPanel, digits, labels=labels, active=False)
+    assert panel.scatter is None, "a hidden panel projects nothing until shown"
+    shared = np.arange(len(pictures)) % 11
+    panel.set_scores(SHARES[shared], AGREEMENT)
+    panel.colour_points("score")
+    panel.set_active(True)
+    settled(panel)
+
+    scatter = panel.scatter
+    assert scatter.color_by == "score" and scatter.score_name == AGREEMENT
+    assert list(scatter.colors) == [SHARE_BINS[k] for k in shared]
+    assert scatter.legend == ["0–20%", "20–40%", "40–60%", "60–80%", "80–100%"]
+    assert f"coloured by {AGREEMENT}" in panel.summary.value
+
+    saved = pixels(panel.save(tmp_path / "points.png").read_bytes())
+    colours = {tuple(colour) for colour in saved.reshape(-1, 3)}
+    assert colours_of(scatter_data.SCORE_PALETTE) <= colours, "every bin's colour appears in the saved picture"
+    class_colours = colours_of(scatter_data.categorical_palette(len(names))) - colours_of(scatter_data.SCORE_PALETTE)
+    assert not class_colours & colours, "no point keeps its class colour"
+
+    panel.set_scores(None)
+    assert scatter.color_by == "label" and scatter.scores == b""
+    assert list(scatter.colors) == labels.tolist() and "coloured by" not in panel.summary.value
+    with pytest.raises(ValueError, match="^kind: 'score' needs scores"):
+        panel.colour_points("score")
+    panel.close()
+
+
+def test_scores_reach_the_scatter_on_screen_and_the_summary_follows_its_colouring(digits):
+    model, pictures, labels, names = digits
+    panel = settled(panel_of(cw.ProjectorPanel, digits, labels=labels))
+    scores = np.linspace(0, 1, len(pictures))
+    panel.set_scores(scores, "")
+    np.testing.assert_array_equal(np.frombuffer(panel.scatter.scores, np.float32), np.float32(scores))
+    assert panel.scatter.color_by == "label" and "coloured by" not in panel.summary.value
+
+    panel.scatter.color_by = "score"  # as the scatter's colour menu does
+    assert "coloured by score" in panel.summary.value
+    expected_bins = np.minimum(np.floor(scores * 5), 4)  # no score of k / 39 lies on an edge but 0 and 1
+    np.testing.assert_array_equal(np.frombuffer(panel.scatter.colors, np.uint8), expected_bins)
+
+    panel.colour_points("correct")
+    assert panel.scatter.color_by == "correct" and "coloured by" not in panel.summary.value
+    panel.close()
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda panel: panel.set_scores(np.full(3, 0.5), AGREEMENT), ValueError, r"^scores: expected 40 scores"),
+        (lambda panel: panel.set_scores(np.full(40, np.nan), AGREEMENT), ValueError, r"^scores: .*nan at point 0"),
+        (lambda panel: panel.set_scores(np.full(40, 1.2), AGREEMENT), ValueError, r"^scores: .*1.2 at point 0"),
+        (lambda panel: panel.set_scores(np.full(40, 0.5), name=7), TypeError, r"^name: "),
+        (lambda panel: panel.colour_points("score"), ValueError, r"^kind: 'score' needs scores"),
+        (lambda panel: panel.colour_points("rainbow"), ValueError, r"^kind: expected one of"),
+    ],
+)
+def test_bad_scores_and_colourings_name_the_argument(digits, call, error, message):
+    panel = panel_of(cw.ProjectorPanel, digits, labels=digits[2], active=False)
+    with pytest.raises(error, match=message):
+        call(panel)
+    assert panel._scores is None and panel._colour_by is None, "a refused call keeps nothing"
+    panel.close()
+
+
+def test_without_labels_colouring_by_label_is_refused(digits):
+    panel = panel_of(cw.ProjectorPanel, digits, active=False)
+    with pytest.raises(ValueError, match=r"^kind: 'correct' needs the images' labels"):
+        panel.colour_points("correct")
+    panel.close()
+
+
+def colours_of(palette) -> set[tuple[int, int, int]]:
+    return {tuple(int(code[i : i + 2], 16) for i in (1, 3, 5)) for code in palette}
