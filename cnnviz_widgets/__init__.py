@@ -28,6 +28,7 @@ from .layer_similarity import layer_similarity
 from .projector import export_projector
 from .widgets.charts import ClassProbabilities, ConfusionMatrix
 from .widgets.scatter3d import Scatter3D
+from .widgets.changes import ModelDiffPanel
 from .widgets.compare import ComparePanel
 from .widgets.dashboard import Dashboard, explore
 from .widgets.diagnose import DiagnosePanel

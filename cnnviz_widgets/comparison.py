@@ -113,16 +113,18 @@ def model_diff(
                 "both models must classify the same classes"
             )
         if checkpoint is not None:
-            return _diff(session_a, session_b, checkpoint)
+            return diff_of(session_a, session_b, checkpoint)
         with progress_bar(2 * session_a.count, "model_diff") as shown:
-            return _diff(session_a, session_b, shown)
+            return diff_of(session_a, session_b, shown)
     finally:
         session_a.close()
         if session_b is not None:
             session_b.close()
 
 
-def _diff(session_a, session_b, checkpoint) -> ModelDiff:
+def diff_of(session_a, session_b, checkpoint=None) -> ModelDiff:
+    """The :class:`ModelDiff` of two sessions on the same labelled images, from each one's pass (read back from
+    its caches when it ran before); A's pass fills the first half of ``checkpoint``'s progress."""
     evaluation_a, embeddings_a = session_a.dataset_pass.results(scaled(checkpoint, 0.0, 0.5))
     evaluation_b, embeddings_b = session_b.dataset_pass.results(scaled(checkpoint, 0.5, 1.0))
     # A pass read from the disk cache, or one that ends on a partial batch, reports no last step.

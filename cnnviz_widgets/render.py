@@ -391,3 +391,10 @@ def strip(pictures: list[np.ndarray], side: int = 96, gap: int = 4) -> np.ndarra
     """Pictures in a row, each fitted into a ``side``-pixel square, white between them."""
     tiles = np.stack([resize(to_rgb(picture), side, side) for picture in pictures])
     return arrange(tiles, columns=len(tiles), padding=gap)
+
+
+def enlarged(picture: np.ndarray, side: int) -> np.ndarray:
+    """A picture smaller than ``side`` blown up by a whole factor with hard pixel edges (an 8 x 8 digit stays
+    sharp), before it is fitted into ``side``."""
+    factor = side // max(picture.shape[:2])
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture

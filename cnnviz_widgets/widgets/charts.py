@@ -60,37 +60,38 @@ def _label_pixels(names) -> float:
 
 @dataclass(frozen=True)
 class MatrixLayout:
-    """Pixel sizes of a confusion matrix, and the classes labelled on each axis: as many as fit without a label
-    overlapping its neighbour (every class, every other one, ...)."""
+    """Pixel sizes of a grid of cells, and the names labelled on each axis: as many as fit without a label
+    overlapping its neighbour (every name, every other one, ...)."""
 
-    classes: int
+    rows: int
+    columns: int
     cell: float
     row_labels: list[str]
     column_labels: list[str]
     margin: dict[str, int]
 
     @classmethod
-    def of(cls, names: list[str]) -> MatrixLayout:
-        cell = min(CELL_PIXELS, max(MIN_CELL_PIXELS, GRID_PIXELS / len(names)))
-        cell = max(cell, MIN_GRID_PIXELS / len(names))
-        row_labels = names[:: math.ceil(LABEL_PIXELS / cell)]
+    def of(cls, row_names: list[str], column_names: list[str] | None = None) -> MatrixLayout:
+        column_names = row_names if column_names is None else column_names
+        longest = max(len(row_names), len(column_names))
+        cell = min(CELL_PIXELS, max(MIN_CELL_PIXELS, GRID_PIXELS / longest))
+        cell = max(cell, MIN_GRID_PIXELS / longest)
+        row_labels = row_names[:: math.ceil(LABEL_PIXELS / cell)]
         # Column labels stand side by side: the longest one sets how many cells each needs.
-        column_width = _label_pixels([_short(name) for name in names]) + CHARACTER_PIXELS
-        column_labels = names[:: math.ceil(column_width / cell)]
+        column_width = _label_pixels([_short(name) for name in column_names]) + CHARACTER_PIXELS
+        column_labels = column_names[:: math.ceil(column_width / cell)]
         left = math.ceil(TICK_PIXELS + _label_pixels([_short(name) for name in row_labels]) + TITLE_PIXELS)
         bottom = TICK_PIXELS + LABEL_PIXELS + TITLE_PIXELS
-        return cls(len(names), cell, row_labels, column_labels, {**FIGURE_MARGIN, "left": left, "bottom": bottom})
-
-    @property
-    def grid(self) -> int:
-        """Side of the grid of cells, pixels."""
-        return round(self.cell * self.classes)
+        return cls(len(row_names), len(column_names), cell, row_labels, column_labels, {**FIGURE_MARGIN, "left": left, "bottom": bottom})
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the whole figure, pixels."""
         margin = self.margin
-        return margin["left"] + self.grid + margin["right"], margin["top"] + self.grid + margin["bottom"]
+        return (
+            margin["left"] + round(self.cell * self.columns) + margin["right"],
+            margin["top"] + round(self.cell * self.rows) + margin["bottom"],
+        )
 
 
 def _checked_confusion(confusion) -> np.ndarray:
@@ -110,49 +111,56 @@ def _colour_range(matrix: np.ndarray) -> dict:
     return {"mid": most_mistakes, "max": max(int(matrix.max()), most_mistakes + 1)}
 
 
-class ConfusionMatrix(ipywidgets.VBox):
-    """Counts of (true class, predicted class) as a heatmap; rows are true classes, columns predictions.
+class HeatGrid(ipywidgets.VBox):
+    """A matrix as a grid of coloured cells, its rows and columns named; sized so that every name that fits
+    is labelled (see :class:`MatrixLayout`).
 
-    Clicking a cell sets ``selection`` to ``(true, predicted)`` (class indices); observe it to show those
-    images. Setting ``selection`` highlights the cell; None clears it.
+    Clicking a cell sets ``selection`` to ``(row, column)`` (indices); setting it highlights the cell, None
+    clears it. ``heatmap`` and ``figure`` are the bqplot mark and figure.
+
+    color_scale: the bqplot ColorScale of the values; row_title, column_title: the axes' titles;
+    tooltip: the words the tooltip gives the row, the column and the value, and the value's d3 format;
+    cell_format: the d3 format of the value written in each cell, where cells are large enough (None: none).
     """
 
     selection = traitlets.Tuple(traitlets.Int(), traitlets.Int(), default_value=None, allow_none=True)
 
-    def __init__(self, confusion, class_names=None, title: str = "Confusion matrix"):
-        matrix = _checked_confusion(confusion)
-        names = _names(class_names, len(matrix))
-        color_scale = bqplot.ColorScale(min=0, colors=MISTAKE_COLORS, **_colour_range(matrix))
+    def __init__(
+        self, matrix: np.ndarray, row_names: list[str], column_names: list[str], color_scale: bqplot.ColorScale, *,
+        row_title: str, column_title: str, title: str, tooltip: tuple[str, str, str, str], cell_format: str | None = None,
+    ):
+        self.matrix = matrix
         row_scale, column_scale = bqplot.OrdinalScale(reverse=True), bqplot.OrdinalScale()
-        sizes = MatrixLayout.of(names)
-        # Cells too small for their count lose it and their grey border too, which would hide their colour.
+        sizes = MatrixLayout.of(row_names, column_names)
+        # Cells too small for their value lose it and their grey border too, which would hide their colour.
         large = sizes.cell >= COUNT_CELL_PIXELS
+        *labels, value_format = tooltip
         self.heatmap = bqplot.GridHeatMap(
             color=matrix,
-            row=names,
-            column=names,
+            row=row_names,
+            column=column_names,
             scales={"row": row_scale, "column": column_scale, "color": color_scale},
             selected_style={"stroke": "#111", "stroke-width": "3" if large else "2"},
             stroke="#d0d0d0" if large else None,
-            display_format="d" if large else None,
+            display_format=cell_format if large else None,
             font_style={"font-size": "12px", "fill": "#1a1a1a"},
-            tooltip=bqplot.Tooltip(fields=["row", "column", "color"], labels=["true", "predicted", "images"]),
+            tooltip=bqplot.Tooltip(fields=["row", "column", "color"], labels=labels, formats=["", "", value_format]),
         )
 
-        # An ordinal axis draws a tick per class whatever its tick_values: the classes left out get an empty label.
-        def labels(shown):
+        # An ordinal axis draws a tick per name whatever its tick_values: the names left out get an empty label.
+        def labelled(names, shown):
             shown = set(shown)
             return {name: _short(name) if name in shown else "" for name in names}
 
         tick_style = {"font-size": "11px"}
         axes = [
             bqplot.Axis(
-                scale=column_scale, label="predicted", side="bottom", grid_lines="none", tick_style=tick_style,
-                tick_labels=labels(sizes.column_labels),
+                scale=column_scale, label=column_title, side="bottom", grid_lines="none", tick_style=tick_style,
+                tick_labels=labelled(column_names, sizes.column_labels),
             ),
             bqplot.Axis(
-                scale=row_scale, label="true", side="left", grid_lines="none", tick_style=tick_style,
-                tick_labels=labels(sizes.row_labels), label_offset=f"{sizes.margin['left'] - TITLE_PIXELS / 2:.0f}px",
+                scale=row_scale, label=row_title, side="left", grid_lines="none", tick_style=tick_style,
+                tick_labels=labelled(row_names, sizes.row_labels), label_offset=f"{sizes.margin['left'] - TITLE_PIXELS / 2:.0f}px",
             ),
         ]  # fmt: skip
         width, height = sizes.size
@@ -167,24 +175,10 @@ class ConfusionMatrix(ipywidgets.VBox):
             display_toolbar=False,
             layout=ipywidgets.Layout(width=f"{width}px", height=f"{height}px", flex="none"),
         )
-        self.confusion = matrix
-        self.class_names = names
         super().__init__([self.figure])
         # bqplot's own click selection comes back to Python as an object array it cannot send again, so
         # clicks arrive as element_click messages and the highlight is set from here, as an int array.
         self.heatmap.on_element_click(self._cell_clicked)
-
-    def update(self, confusion) -> None:
-        """Show new counts for the same classes (a pass filling the matrix in), keeping the selected cell."""
-        matrix = _checked_confusion(confusion)
-        if matrix.shape != self.confusion.shape:
-            raise ValueError(f"confusion: expected the shape {self.confusion.shape} of the matrix shown, got {matrix.shape}")
-        self.confusion = matrix
-        scale = self.heatmap.scales["color"]
-        with scale.hold_sync():
-            for name, value in _colour_range(matrix).items():
-                setattr(scale, name, value)
-        self.heatmap.color = matrix
 
     def _cell_clicked(self, mark, content):
         cell = content.get("data") or {}
@@ -194,14 +188,49 @@ class ConfusionMatrix(ipywidgets.VBox):
     @traitlets.validate("selection")
     def _check_selection(self, proposal):
         cell = proposal["value"]
-        if cell is not None and not all(0 <= index < len(self.confusion) for index in cell):
-            raise traitlets.TraitError(f"selection: class indices must lie in 0..{len(self.confusion) - 1}, got {cell}")
+        rows, columns = self.matrix.shape
+        if cell is not None and not (0 <= cell[0] < rows and 0 <= cell[1] < columns):
+            raise traitlets.TraitError(f"selection: cells lie in rows 0..{rows - 1} and columns 0..{columns - 1}, got {cell}")
         return cell
 
     @traitlets.observe("selection")
     def _highlight(self, change):
         cell = change["new"]
         self.heatmap.selected = None if cell is None else np.array([cell], dtype=np.int64)
+
+
+class ConfusionMatrix(HeatGrid):
+    """Counts of (true class, predicted class) as a heatmap; rows are true classes, columns predictions.
+
+    Clicking a cell sets ``selection`` to ``(true, predicted)`` (class indices); observe it to show those
+    images. Setting ``selection`` highlights the cell; None clears it.
+    """
+
+    def __init__(self, confusion, class_names=None, title: str = "Confusion matrix"):
+        matrix = _checked_confusion(confusion)
+        names = _names(class_names, len(matrix))
+        color_scale = bqplot.ColorScale(min=0, colors=MISTAKE_COLORS, **_colour_range(matrix))
+        self.class_names = names
+        super().__init__(
+            matrix, names, names, color_scale, row_title="true", column_title="predicted", title=title,
+            tooltip=("true", "predicted", "images", "d"), cell_format="d",
+        )
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return self.matrix
+
+    def update(self, confusion) -> None:
+        """Show new counts for the same classes (a pass filling the matrix in), keeping the selected cell."""
+        matrix = _checked_confusion(confusion)
+        if matrix.shape != self.matrix.shape:
+            raise ValueError(f"confusion: expected the shape {self.matrix.shape} of the matrix shown, got {matrix.shape}")
+        self.matrix = matrix
+        scale = self.heatmap.scales["color"]
+        with scale.hold_sync():
+            for name, value in _colour_range(matrix).items():
+                setattr(scale, name, value)
+        self.heatmap.color = matrix
 
 
 class ClassProbabilities(ipywidgets.VBox):

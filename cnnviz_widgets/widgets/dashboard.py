@@ -7,9 +7,11 @@ import traitlets
 
 from . import drawing
 from ..session import Session
+from ..session.pair import reference_session
 from .presence import Presence
 from .feature_maps import FeatureMapPanel
 from .compare import ComparePanel
+from .changes import AGREEMENT_NAME, ModelDiffPanel
 from .diagnose import DiagnosePanel
 from .filters import FiltersPanel
 from .heatmaps import GradCAMPanel, GuidedBackpropPanel
@@ -27,17 +29,27 @@ class Dashboard(widgets.VBox):
     layer = traitlets.Unicode(help="the conv layer Grad-CAM and guided Grad-CAM explain (feature maps and filters keep their own)")
 
     def __init__(
-        self, model, images, labels=None, class_names=None, preprocess=None, *, output=None, cache=None, cache_size=None
+        self, model, images, labels=None, class_names=None, preprocess=None, *, reference=None, reference_preprocess=None,
+        output=None, cache=None, cache_size=None,
     ):
         self.session = Session(
             model, images, preprocess=preprocess, class_names=class_names, labels=labels, output=output, cache=cache,
             cache_size=cache_size,
         )
+        self.reference_session = None
+        if reference is not None:
+            if self.session.labels is None:
+                raise ValueError("labels: comparing with reference= needs the true class of each image; pass labels=")
+            self.reference_session = reference_session(
+                reference, self.session, reference_preprocess or preprocess, output=output, cache=cache, cache_size=cache_size
+            )
         shared = dict(session=self.session, active=False)
         self.panels = {}
         if self.session.labels is not None:
             self.panels["Mistakes"] = MistakesPanel(**shared)
             self.panels["Diagnose"] = DiagnosePanel(**shared)
+        if self.reference_session is not None:
+            self.panels["Changes"] = ModelDiffPanel(reference_session=self.reference_session, **shared)
         self.panels["Projector"] = ProjectorPanel(**shared)
         self.panels["Grad-CAM"] = GradCAMPanel(**shared)
         self.panels["Feature maps"] = FeatureMapPanel(**shared)
@@ -54,11 +66,17 @@ class Dashboard(widgets.VBox):
         for panel in self.panels.values():
             traitlets.link((self, "image"), (panel, "image"))
         # Early layers teach most in Feature maps and Filters, the last one in Grad-CAM: only the heatmaps share.
-        for panel in (self.panels["Grad-CAM"], self.panels["Guided backprop"], self.panels["Compare"]):
-            traitlets.link((self, "layer"), (panel, "layer"))
+        for panel in self.panels.values():
+            if "layer" in panel.trait_names():
+                traitlets.link((self, "layer"), (panel, "layer"))
         if "Mistakes" in self.panels:
             self.panels["Mistakes"].observe(self._cell_chosen, "cell")
             self.panels["Diagnose"].observe(self._finding_chosen, "chosen")
+        if "Changes" in self.panels:
+            changes = self.panels["Changes"]
+            changes.projector_button.layout.display = None
+            changes.observe(self._diff_shown, "diff")
+            changes.observe(lambda _: self._colour_by_agreement(), "projector_requested")
         grad_cam = self.panels["Grad-CAM"]
         self.target = grad_cam.target
         for panel in self.panels.values():
@@ -71,6 +89,8 @@ class Dashboard(widgets.VBox):
         self._tab_shown(None)
         self._describe()
         self.session.watch(self._weights_changed)
+        if self.reference_session is not None:
+            self.reference_session.watch(self._reference_changed)
 
     def _cell_chosen(self, change) -> None:
         """A cell (true A, predicted B) of the confusion matrix: its first image becomes the current one, and
@@ -100,6 +120,19 @@ class Dashboard(widgets.VBox):
         self.image = chosen["image"]
         self.tabs.selected_index = list(self.panels).index("Mistakes")
 
+    def _diff_shown(self, change) -> None:
+        """The Projector can colour each image by how many of its neighbours both models share."""
+        diff = change["new"]
+        if diff is not None:
+            self.panels["Projector"].set_scores(diff.embedding_agreement, AGREEMENT_NAME)
+
+    def _colour_by_agreement(self) -> None:
+        self.panels["Projector"].colour_points("score")
+        self.tabs.selected_index = list(self.panels).index("Projector")
+
+    def _reference_changed(self, generation: int) -> None:
+        self.panels["Changes"].reference_changed(generation)
+
     def _weights_changed(self, generation: int) -> None:
         for panel in self.panels.values():
             panel.weights_changed(generation)
@@ -117,6 +150,8 @@ class Dashboard(widgets.VBox):
             panel.close()
         if hasattr(self, "session"):
             self.session.close()
+        if getattr(self, "reference_session", None) is not None:
+            self.reference_session.close()
         if hasattr(self, "presence"):
             self.presence.close()
         super().close()
@@ -164,7 +199,8 @@ class Dashboard(widgets.VBox):
 
 
 def explore(
-    model, images, labels=None, class_names=None, preprocess=None, *, output=None, cache=None, cache_size=None
+    model, images, labels=None, class_names=None, preprocess=None, *, reference=None, reference_preprocess=None,
+    output=None, cache=None, cache_size=None,
 ) -> Dashboard:
     """Every view of ``model`` on ``images`` in one dashboard (see :class:`Dashboard`).
 
@@ -176,13 +212,16 @@ def explore(
         cache: where the pass over every image keeps its results — None for the user cache folder, a
         folder, or False for none; reopening a dashboard on the same model and pictures reads them back;
         cache_size: the most that folder keeps ("2GB" by default, or the CNNVIZ_CACHE_SIZE environment
-        variable), the least recently used results going first.
+        variable), the least recently used results going first;
+        reference: another model with the same classes (an older checkpoint, a quantized or pruned copy,
+        another architecture): a "Changes" tab shows what changed from it to ``model`` (needs labels);
+        reference_preprocess: the reference's own preprocessing when it reads other inputs (default: preprocess).
     images may also be a folder (labels from its class subfolders), a list of file paths or a Dataset of
     pictures: pictures are read when needed, and the model reads the set once.
     The dashboard computes on a private replica of the model: the model itself is never touched, and
     when its weights change (the user trains it) the views are recomputed.
     """
     return Dashboard(
-        model, images, labels=labels, class_names=class_names, preprocess=preprocess, output=output, cache=cache,
-        cache_size=cache_size,
+        model, images, labels=labels, class_names=class_names, preprocess=preprocess, reference=reference,
+        reference_preprocess=reference_preprocess, output=output, cache=cache, cache_size=cache_size,
     )

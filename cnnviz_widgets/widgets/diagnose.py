@@ -98,13 +98,6 @@ def _percent(value: float) -> str:
     return "<0.1%" if 0 < value < 0.001 else f"{value:.1%}"
 
 
-def enlarged(picture: np.ndarray, side: int) -> np.ndarray:
-    """A picture smaller than ``side`` blown up by a whole factor with hard pixel edges (an 8 x 8 digit stays
-    sharp), before it is fitted into ``side``."""
-    factor = side // max(picture.shape[:2])
-    return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture
-
-
 def accuracy_bars_html(accuracy: float, low: float, high: float, overall: float) -> str:
     """A slice's accuracy, its interval and the whole set's accuracy, as two labelled bars on one scale."""
 
@@ -366,11 +359,11 @@ class DiagnosePanel(Panel):
         """The picture of a finding's evidence: a duplicate pair side by side, a cluster's mean map on its mean picture."""
         if kind in ("conflicting duplicates", "near duplicates"):
             first, second = (int(index) for index in np.asarray(evidence["pairs"])[0])
-            pair = [enlarged(self.session.view(index), EVIDENCE_SIDE) for index in (first, second)]
+            pair = [render.enlarged(self.session.view(index), EVIDENCE_SIDE) for index in (first, second)]
             return render.to_png(render.strip(pair, EVIDENCE_SIDE))
         if kind == "heatmap cluster":
             mean_map = render.scale_to_unit(evidence["mean_map"])
-            mean_picture = enlarged(render.to_rgb(evidence["mean_picture"]), EVIDENCE_SIDE)
+            mean_picture = render.enlarged(render.to_rgb(evidence["mean_picture"]), EVIDENCE_SIDE)
             return render.to_png(render.strip([render.overlay(mean_picture, mean_map)], EVIDENCE_SIDE))
         return b""
 
@@ -488,7 +481,7 @@ class DiagnosePanel(Panel):
                 ]
                 pictures = [
                     render.to_png(
-                        render.resize(render.overlay(enlarged(self.session.view(int(index)), THUMBNAIL_SIDE), heat), *self._fitted(int(index)))
+                        render.resize(render.overlay(render.enlarged(self.session.view(int(index)), THUMBNAIL_SIDE), heat), *self._fitted(int(index)))
                     )
                     for index, heat in zip(card.shown, maps)
                 ]
