@@ -8,6 +8,7 @@ with this package (``scripts/train_digits.py`` retrains them).
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from functools import lru_cache
 from importlib import resources
@@ -22,7 +23,10 @@ IMAGENET_INPUT_SIZE = 224
 DIGITS_SIZE = 32
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
-DIGITS_WEIGHTS = "digits_cnn.pt"
+DIGITS_EPOCHS = 30
+# The Changes tab's demo reference: clearly worse than the final checkpoint (94.0% against 99.6% on the test
+# split), yet a real classifier; from it to the final one, digits flip both ways (26 to right, 1 to wrong).
+EARLY_DIGITS_EPOCHS = 5
 # name -> how to read it from skimage.data; the model's top class on each is a fair guess
 # (Egyptian cat, espresso, moped, tripod, missile, bobsled).
 PHOTO_LOADERS = {
@@ -149,10 +153,38 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.embedding(features))
 
 
-def digits_model() -> DigitsCNN:
-    """The digits CNN trained on ``digits("train")``, weights loaded from the package, in eval mode."""
+def digits_weights_name(epochs: int) -> str:
+    """The file name of the digits CNN's weights after ``epochs`` epochs of ``scripts/train_digits.py``.
+
+    ``digits_cnn.pt`` for the final ``DIGITS_EPOCHS``, ``digits_cnn_<epochs>_epochs.pt`` for any other count.
+    """
+    return "digits_cnn.pt" if epochs == DIGITS_EPOCHS else f"digits_cnn_{epochs}_epochs.pt"
+
+
+def _shipped_digits_epochs() -> list[int]:
+    folder = resources.files("cnnviz_widgets.weights")
+    names = {entry.name for entry in folder.iterdir()}
+    counts = {DIGITS_EPOCHS} if digits_weights_name(DIGITS_EPOCHS) in names else set()
+    for name in names:
+        match = re.fullmatch(r"digits_cnn_(\d+)_epochs\.pt", name)
+        if match:
+            counts.add(int(match.group(1)))
+    return sorted(counts)
+
+
+def digits_model(epochs: int = DIGITS_EPOCHS) -> DigitsCNN:
+    """The digits CNN trained ``epochs`` epochs on ``digits("train")``, weights loaded from the package, in eval mode.
+
+    Two checkpoints ship, from the same script and seeds: ``DIGITS_EPOCHS`` (30), the model the demos look
+    inside, and ``EARLY_DIGITS_EPOCHS``, clearly worse, the reference to compare it against: what changed
+    between two checkpoints (``model_diff``, the Changes tab). Any other count needs its checkpoint written into
+    the package by ``scripts/train_digits.py --epochs N`` first.
+    """
+    shipped = _shipped_digits_epochs()
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs not in shipped:
+        raise ValueError(f"epochs: no digits CNN checkpoint for {epochs!r} epochs; shipped: {shipped}")
     model = DigitsCNN()
-    weights = resources.files("cnnviz_widgets.weights").joinpath(DIGITS_WEIGHTS)
+    weights = resources.files("cnnviz_widgets.weights").joinpath(digits_weights_name(epochs))
     with weights.open("rb") as stream:
         model.load_state_dict(torch.load(stream, map_location="cpu", weights_only=True))
     return model.eval()

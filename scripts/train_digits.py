@@ -1,13 +1,22 @@
 """Retrain the demo digits CNN and write its weights into the package.
 
-    .venv/bin/python scripts/train_digits.py
+    .venv/bin/python scripts/train_digits.py               # 30 epochs -> weights/digits_cnn.pt
+    .venv/bin/python scripts/train_digits.py --epochs 2    # -> weights/digits_cnn_2_epochs.pt
 
-Deterministic on the CPU: fixed seeds, one thread, the same split as ``cnnviz_widgets.demo.digits``.
-Prints the test accuracy; the shipped weights must keep it at 97% or more.
+One file per epoch count, named by ``cnnviz_widgets.demo.digits_weights_name``: ``digits_cnn.pt`` for the
+final 30 epochs, ``digits_cnn_<N>_epochs.pt`` for any other N; ``demo.digits_model(epochs)`` reads it back.
+The learning rate follows a cosine schedule over the whole run, so a shorter run is not a snapshot of the
+longer one part way: it is its own run, annealed to the end.
+
+Deterministic on the CPU: fixed seeds, one thread, the same split as ``cnnviz_widgets.demo.digits``; the same
+epoch count gives the same weights bit for bit. ``train(epochs)`` runs the training from Python.
+Prints the test accuracy; the shipped 30-epoch weights must keep it at 97% or more.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +24,6 @@ import torch.nn.functional as F
 
 from cnnviz_widgets import demo
 
-EPOCHS = 30
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
 MAX_SHIFT = 0.12  # of the half-width: about two pixels on 32x32
@@ -40,16 +48,32 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def main() -> None:
-    torch.manual_seed(SEED)
+def train(epochs: int = demo.DIGITS_EPOCHS, log: Callable[[str], None] | None = None) -> demo.DigitsCNN:
+    """A digits CNN trained for ``epochs`` epochs on ``digits("train")``, in eval mode; ``log`` gets one line per epoch.
+
+    Runs on one thread from a fixed seed, which determinism needs; the caller's thread count and global
+    random state are given back afterwards.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            return _train(epochs, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(epochs: int, log: Callable[[str], None] | None) -> demo.DigitsCNN:
     generator = torch.Generator().manual_seed(SEED)
     x_train, y_train, _ = demo.digits("train")
     x_test, y_test, _ = demo.digits("test")
     model = demo.DigitsCNN()
     optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=EPOCHS)
-    for epoch in range(EPOCHS):
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(y_train), generator=generator)
         losses = []
@@ -62,11 +86,21 @@ def main() -> None:
             optimiser.step()
             losses.append(loss.item())
         schedule.step()
-        mean_loss = sum(losses) / len(losses)
-        print(f"epoch {epoch + 1:2d}  loss {mean_loss:.4f}  test accuracy {accuracy(model, x_test, y_test):.4f}")
-    target = Path(demo.__file__).parent / "weights" / demo.DIGITS_WEIGHTS
+        if log is not None:
+            mean_loss = sum(losses) / len(losses)
+            log(f"epoch {epoch + 1:2d}  loss {mean_loss:.4f}  test accuracy {accuracy(model, x_test, y_test):.4f}")
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=demo.DIGITS_EPOCHS, help="epochs to train (default: 30)")
+    arguments = parser.parse_args(argv)
+    model = train(arguments.epochs, log=print)
+    target = Path(demo.__file__).parent / "weights" / demo.digits_weights_name(arguments.epochs)
     torch.save(model.state_dict(), target)
     print(f"wrote {target} ({target.stat().st_size / 1024:.0f} KiB)")
+    return target
 
 
 if __name__ == "__main__":
