@@ -104,7 +104,31 @@ def test_scatter_is_drawn_hovers_and_selects(open_notebook):
     assert legend.inner_text().split() == ["correct", "wrong"]
     kernel_soon(notebook, "print(scatter.color_by)", "correct")
     notebook.screenshot("scatter3d-correct-wrong", widget)
-    widget.locator("select.cnnviz-scatter3d-select").select_option("label")
+
+    # Scores of 0, 25, 50, 75 and 100% by the digit (mod 5): one per bin, and a hover shows the point's.
+    notebook.kernel_eval("scatter.set_scores((y.numpy() % 5) / 4, 'digit mod 5')")
+    select = widget.locator("select.cnnviz-scatter3d-select")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('select.cnnviz-scatter3d-select option')]"
+        ".some((option) => option.textContent === 'colour: digit mod 5')",
+        timeout=10_000,
+    )
+    select.select_option("score")
+    page.wait_for_function(
+        "() => document.querySelector('.cnnviz-scatter3d-legend').innerText.includes('80–100%')", timeout=10_000
+    )
+    assert legend.inner_text().split() == ["0–20%", "20–40%", "40–60%", "60–80%", "80–100%"]
+    kernel_soon(notebook, "print(scatter.color_by)", "score")
+    _, _, scored = hover_a_point(page, canvas, tooltip)
+    expected_score = int(notebook.kernel_eval(f"print(int(y[{scored}]) % 5 * 25)").strip())
+    assert f"digit mod 5: {expected_score}%" in tooltip.inner_text()
+    notebook.screenshot("scatter3d-score", widget)
+    notebook.kernel_eval("scatter.set_scores(None)")
+    page.wait_for_function(
+        "() => !document.querySelector('select.cnnviz-scatter3d-select option[value=score]')", timeout=10_000
+    )
+    assert select.input_value() == "label", "without scores the points go back to their labels"
+    select.select_option("label")
 
     widget.get_by_role("button", name="2D").click()
     kernel_soon(notebook, "print(scatter.view)", "2d")
