@@ -122,9 +122,10 @@ def model_diff(
             session_b.close()
 
 
-def diff_of(session_a, session_b, checkpoint=None) -> ModelDiff:
+def diff_of(session_a, session_b, checkpoint=None, class_names=None) -> ModelDiff:
     """The :class:`ModelDiff` of two sessions on the same labelled images, from each one's pass (read back from
-    its caches when it ran before); A's pass fills the first half of ``checkpoint``'s progress."""
+    its caches when it ran before); A's pass fills the first half of ``checkpoint``'s progress. The classes
+    are named by ``class_names``, by default A's."""
     evaluation_a, embeddings_a = session_a.dataset_pass.results(scaled(checkpoint, 0.0, 0.5))
     evaluation_b, embeddings_b = session_b.dataset_pass.results(scaled(checkpoint, 0.5, 1.0))
     # A pass read from the disk cache, or one that ends on a partial batch, reports no last step.
@@ -142,14 +143,14 @@ def diff_of(session_a, session_b, checkpoint=None) -> ModelDiff:
         flips=flips,
         negative_flip_rate=float(kinds.get("newly_wrong", 0) / count),
         positive_flip_rate=float(kinds.get("newly_right", 0) / count),
-        per_class=per_class_table(labels, predictions_a, predictions_b, session_a.class_names),
+        per_class=per_class_table(labels, predictions_a, predictions_b, class_names or session_a.class_names),
         confusion_delta=evaluation_b.confusion.astype(np.int64) - evaluation_a.confusion.astype(np.int64),
         embedding_agreement=neighbour_agreement(embeddings_a, embeddings_b, neighbours),
         neighbours=neighbours,
         labels=labels,
         predictions_a=predictions_a,
         predictions_b=predictions_b,
-        class_names=list(session_a.class_names),
+        class_names=list(class_names or session_a.class_names),
     )
 
 

@@ -21,11 +21,12 @@ PAIR_ENTRIES = 8
 
 
 def reference_session(reference, session: Session, preprocess=None, *, output=None, cache=None, cache_size=None) -> Session:
-    """A session of model ``reference`` on ``session``'s images, labels and class names, the pictures read by
-    ``preprocess`` (inputs given as tensors go to both models as they are)."""
+    """A session of model ``reference`` on ``session``'s images and labels, the pictures read by ``preprocess``
+    (inputs given as tensors go to both models as they are). Its classes are named by ``session``'s
+    (:class:`SessionPair` checks that the two models have as many)."""
     return Session(
         reference, session.pass_images(), preprocess=None if session.given_inputs is not None else preprocess,
-        class_names=session.class_names, labels=session.labels, output=output, cache=cache, cache_size=cache_size,
+        labels=session.labels, output=output, cache=cache, cache_size=cache_size,
     )  # fmt: skip
 
 
@@ -57,7 +58,7 @@ class SessionPair:
     def diff(self, checkpoint=None) -> ModelDiff:
         """What changed from the reference to the model (:func:`~cnnviz_widgets.comparison.model_diff`), from
         each session's pass over the images: the reference's pass fills the first half of the progress."""
-        return self._cached(("diff",), lambda checkpoint=None: diff_of(self.reference, self.session, checkpoint), checkpoint)
+        return self._cached(("diff",), lambda checkpoint=None: diff_of(self.reference, self.session, checkpoint, self.session.class_names), checkpoint)
 
     def similarity_images(self) -> np.ndarray:
         """The indices of the images the layers' CKA reads (all of them up to ``SIMILARITY_IMAGES``)."""

@@ -549,7 +549,6 @@ class ModelDiffPanel(Panel):
         pictures, captions, tiles = [], [], []
         for session, layer, who in ((self.reference_session, layer_a, "reference"), (self.session, layer_b, "this model")):
             maps = session.feature_maps(image, layer)
-            maps = maps[0] if maps.ndim == 4 else maps
             strongest = most_active(maps, FEATURE_MAPS_SHOWN)
             grid, _ = render.feature_grid(maps[strongest], "per_map", "viridis", columns=4)
             tiles.append(grid)
