@@ -49,7 +49,8 @@ WRONG_COLOR = "#c62828"
 REFERENCE_COLOR = "#757575"
 MODEL_COLOR = "#1976d2"
 DELTA_COLORS = ["#2166ac", "#f7f7f7", "#b2182b"]
-CKA_COLORS = ["#f7fbff", "#6baed6", "#08306b"]
+CKA_COLORS = ["#ffffff", "#9ecae1", "#4292c6"]
+"""Light enough at 1 for the value written on a cell to stay readable."""
 AGREEMENT_NAME = "neighbours shared with the reference"
 
 
@@ -190,7 +191,14 @@ class ModelDiffPanel(Panel):
         self.delta_box.add_class("cnnviz-changes-confusion")
         self.delta: HeatGrid | None = None
         charts = widgets.HBox([self.bars, self.delta_box], layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="8px"))
-        self.kind_buttons = widgets.ToggleButtons(options=[(KIND_LABELS[kind], kind) for kind in FLIP_KINDS], value=self.kind)
+        legend = widgets.HTML(
+            "<div style='font-size:12px;color:#444'>confusion change: <b style='color:#b2182b'>red</b> cells hold more "
+            "images under this model than under the reference, <b style='color:#2166ac'>blue</b> ones fewer · click a "
+            "cell to see its flips</div>"
+        )
+        self.kind_buttons = widgets.ToggleButtons(
+            options=[(KIND_LABELS[kind], kind) for kind in FLIP_KINDS], value=self.kind, style={"button_width": "180px"}
+        )
         self.kind_buttons.add_class("cnnviz-changes-kinds")
         self.cell_note = widgets.HTML()
         self.all_flips = widgets.Button(description="all flips", icon="times", layout=widgets.Layout(width="110px", display="none"))
@@ -200,7 +208,7 @@ class ModelDiffPanel(Panel):
         self.gallery = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.gallery.add_class("cnnviz-changes-flips")
         self.maps_title = widgets.HTML()
-        self.layer_chooser = LayerChooser(self.session, description="Grad-CAM layer")
+        self.layer_chooser = LayerChooser(self.session, description="Grad-CAM layer", style={"description_width": "initial"})
         self.maps_grid = widgets.GridBox(layout=widgets.Layout(grid_gap="4px"))
         self.maps_grid.add_class("cnnviz-changes-maps")
         self.similarity_box = widgets.Box(layout=widgets.Layout(flex="none"))
@@ -231,6 +239,7 @@ class ModelDiffPanel(Panel):
         return [
             widgets.HBox([self.summary, self.projector_button], layout=widgets.Layout(flex_flow="row wrap", align_items="flex-end", grid_gap="16px")),
             charts,
+            legend,
             heading("<b>flips</b>: the images whose prediction changed in a way that matters · click one to explain it below"),
             self.kind_buttons,
             paging,
@@ -256,7 +265,7 @@ class ModelDiffPanel(Panel):
         )  # fmt: skip
         axes = [
             bqplot.Axis(scale=classes, side="left", grid_lines="none", tick_style={"font-size": "11px"}),
-            bqplot.Axis(scale=delta, side="bottom", tick_format="+.0%", num_ticks=5, label="accuracy change per class", grid_lines="dashed"),
+            bqplot.Axis(scale=delta, side="bottom", tick_format="+.0%", num_ticks=5, label="this model − reference", grid_lines="dashed"),
         ]
         figure = bqplot.Figure(
             marks=[bars], axes=axes, title="accuracy change per class", display_toolbar=False,
@@ -469,11 +478,10 @@ class ModelDiffPanel(Panel):
                 overlay = render.resize(render.overlay(own_view, session.grad_cam(image, at, target)), *self._fitted(image))
                 tiles.append(overlay)
                 row_pictures.append(render.to_png(overlay))
-                role = "true class" if target == true else "its prediction"
-                if target != true and target != predictions[row]:
-                    role = "the other's prediction"
+                role = "true class" if target == true else "the reference's prediction" if target == predictions[0] else "this model's prediction"
+                # Three lines for every caption, so that the pictures of a row line up however the words wrap.
                 row_captions.append(
-                    f"<div style='font-size:11px;line-height:1.3'><b>{who}</b> · {role}<br>"
+                    f"<div style='font-size:11px;line-height:1.3;height:4em'><b>{who}</b> · {role}<br>"
                     f"{drawing.escape(drawing.probability_label(diff.class_names[target], probabilities[target]))}</div>"
                 )
             pictures.append(row_pictures)
@@ -524,7 +532,7 @@ class ModelDiffPanel(Panel):
         self.similarity_grid = HeatGrid(
             np.nan_to_num(similarity.to_numpy(), nan=0.0), rows, columns, bqplot.ColorScale(colors=CKA_COLORS, min=0, max=1),
             row_title="reference layer", column_title="this model's layer", title="linear CKA",
-            tooltip=("reference", "this model", "CKA", ".3f"),
+            tooltip=("reference", "this model", "CKA", ".3f"), cell_format=".2f",
         )  # fmt: skip
         self.similarity_grid.observe(lambda change: self.show_layers(*change["new"]) if change["new"] else None, "selection")
         self.similarity_box.children = [self.similarity_grid]

@@ -22,6 +22,7 @@ from harness import (
     hover_a_point,
     pixel_spread,
     repaint_after_change,
+    save_screenshot,
     show_tab,
     wait_until_drawn,
 )
@@ -394,4 +395,66 @@ def test_diagnose_tab_shows_cards_a_card_opens_its_images_in_the_gallery_and_the
         "print(len(suspects & set(flipped.tolist())), len(flipped))"
     ).split()
     assert int(found[0]) >= 0.9 * int(found[1]), f"{found[0]} of the {found[1]} planted label errors exported"
+    assert_nothing_wrong(notebook)
+
+
+CHANGES_DIGITS = Path(__file__).parent / "notebooks" / "changes_digits.ipynb"
+
+
+def test_changes_tab_draws_every_view_and_a_click_on_a_flip_shows_both_models_maps(open_notebook):
+    # Tall enough for the whole tab at 900 px, where its views stand one under the other.
+    notebook = open_notebook(CHANGES_DIGITS, viewport=(1300, 2600))
+    dismiss_notifications(notebook.page)
+    assert_nothing_wrong(notebook)
+    dashboard = notebook.page.locator(".cnnviz-dashboard").first
+    dashboard.scroll_into_view_if_needed()
+    panel = show_tab(dashboard, "Changes")
+    wait_until_drawn(panel, 300)
+    panel.locator(".cnnviz-changes-cka .heatmapcell").first.wait_for(timeout=120_000)
+    wait_until_drawn(panel, 120)
+    assert "negative flip rate" in panel.locator(".cnnviz-changes-summary").inner_text()
+    # Every view drawn: the bars, both heatmaps' cells, the flips, both models' maps, both layers' maps.
+    assert panel.locator(".cnnviz-changes-bars .bar").count() >= 5
+    assert panel.locator(".cnnviz-changes-confusion .heatmapcell").count() == 100
+    assert panel.locator(".cnnviz-changes-cka .heatmapcell").count() == 9
+    for label, selector in (
+        ("changes-flips", ".cnnviz-changes-flips img"),
+        ("changes-maps", ".cnnviz-changes-maps img"),
+        ("changes-layer-maps", ".cnnviz-changes-layer-maps img"),
+    ):
+        assert_pictures_not_blank(notebook, panel, label, selector)
+    for selector in (".cnnviz-changes-bars", ".cnnviz-changes-confusion", ".cnnviz-changes-cka"):
+        shot = notebook.screenshot(f"changes{selector.replace('.cnnviz-changes', '')}", panel.locator(selector).first)
+        assert pixel_spread(shot) > MIN_PICTURE_SPREAD, f"{selector} is blank"
+
+    # A click on a flip: it becomes the current image, and both models' maps of it show, two rows of classes.
+    flips = json.loads(notebook.kernel_eval("print(board.panels['Changes'].shown_flips.tolist())"))
+    panel.locator(".cnnviz-changes-flips img").first.click()
+    assert_kernel_soon(notebook, "print(board.image, board.panels['Changes']._maps.image)", f"{flips[0]} {flips[0]}\n", timeout_s=30)
+    wait_until_drawn(panel, 60)
+    classes = int(notebook.kernel_eval("print(len(board.panels['Changes']._maps.classes))"))
+    assert panel.locator(".cnnviz-changes-maps img").filter(visible=True).count() == 2 * classes
+    assert_pictures_not_blank(notebook, panel, "changes-flip-maps", ".cnnviz-changes-maps img")
+    texts = panel.locator(".cnnviz-changes-maps").inner_text()
+    assert "reference" in texts and "this model" in texts
+
+    # A click on the CKA heatmap's first cell: the first layers of both models.
+    panel.locator(".cnnviz-changes-cka .heatmapcell").first.click()
+    assert_kernel_soon(
+        notebook, "p = board.panels['Changes']._layer_pair; print(p.layer_a, p.layer_b)", "features.conv1 features.conv1\n", timeout_s=30
+    )
+    for width in (900, 1600):
+        notebook.set_output_width(width)
+        panel = show_tab(dashboard, "Changes")
+        wait_until_drawn(panel, 120)
+        dashboard.scroll_into_view_if_needed()
+        save_screenshot(f"tab-changes-digits-changes-{width}", dashboard)
+        cut = panel.evaluate(
+            """(root) => {
+                const limit = root.closest('.cnnviz-dashboard').getBoundingClientRect();
+                return [...root.querySelectorAll('.bqplot.figure, img')].filter((node) => node.offsetParent !== null)
+                    .map((node) => node.getBoundingClientRect()).filter((r) => r.right > limit.right + 1 || r.left < limit.left - 1).length;
+            }"""
+        )
+        assert cut == 0, f"at {width} px, {cut} views stick out of the dashboard"
     assert_nothing_wrong(notebook)

@@ -225,3 +225,22 @@ def test_the_dashboard_gets_a_changes_tab_linked_to_the_others_and_to_the_projec
         assert changes.AGREEMENT_NAME in projector.scatter.score_name
     finally:
         dashboard.close()
+
+
+def test_two_checkpoints_of_the_bundled_digits_cnn_the_tab_lists_the_flips_model_diff_finds():
+    x, y, names = cw.demo.digits("test")
+    pictures = cw.demo.digit_pictures(x)
+    early, final = cw.demo.digits_model(epochs=cw.demo.EARLY_DIGITS_EPOCHS), cw.demo.digits_model()
+    diff = cw.model_diff(early, final, pictures, y, cw.demo.digits_preprocess, class_names=names, cache=False)
+    panel = ModelDiffPanel(final, pictures, cw.demo.digits_preprocess, names, y, reference=early, cache=False)
+    try:
+        assert panel.wait(120)
+        for kind in ("newly_wrong", "newly_right", "changed_wrong"):
+            panel.kind = kind
+            assert all_pages(panel) == diff.flips.loc[diff.flips["kind"] == kind, "index"].tolist()
+        assert len(diff.flips.query("kind == 'newly_right'")) >= 10 and len(diff.flips.query("kind == 'newly_wrong'")) >= 1
+        assert f"{diff.negative_flip_rate:.1%}" in panel.summary.value and f"{diff.positive_flip_rate:.1%}" in panel.summary.value
+        np.testing.assert_array_equal(panel.diff.confusion_delta, diff.confusion_delta)
+        np.testing.assert_allclose(panel.diff.embedding_agreement, diff.embedding_agreement)
+    finally:
+        panel.close()
