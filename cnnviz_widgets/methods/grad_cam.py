@@ -295,7 +295,7 @@ def batch_layer_pass(
         return _hooked_layer_pass(model, images, name, target, contrast, output, method)
     with model_lock(model), torch.enable_grad():
         activations, model_output = cut.run(model, images, method.uses_gradients)
-        return _with_gradients(activations, logits_of(model_output, output), name, target, contrast, method)
+        return _with_gradients(model, activations, logits_of(model_output, output), name, target, contrast, method)
 
 
 def _hooked_layer_pass(model, images, name, target, contrast, output, method):
@@ -303,10 +303,10 @@ def _hooked_layer_pass(model, images, name, target, contrast, output, method):
     module = model.get_submodule(name)
     with probe(model, outputs=[(name, module)], differentiable=method.uses_gradients) as capture:
         logits = logits_of(capture.run(images), output)
-        return _with_gradients(layer_output(capture.outputs, name, module), logits, name, target, contrast, method)
+        return _with_gradients(model, layer_output(capture.outputs, name, module), logits, name, target, contrast, method)
 
 
-def _with_gradients(activations, logits, name, target, contrast, method):
+def _with_gradients(model, activations, logits, name, target, contrast, method):
     """:func:`batch_layer_pass`'s answer from the layer's activations and the logits computed from them."""
     explained = explained_score(target, contrast, logits.shape[1])
     if activations.dim() != 4:
@@ -321,6 +321,16 @@ def _with_gradients(activations, logits, name, target, contrast, method):
     if score.requires_grad:
         (gradients,) = torch.autograd.grad(score, activations, allow_unused=True)
     if gradients is None:
+        # A quantized layer's packed weights are a submodule of their own ("_packed_params"): the layer names it.
+        quantized = [
+            inner for inner, module in model.named_modules()
+            if type(module).__module__.startswith("torch.ao.nn.quantized") and not any(part.startswith("_") for part in inner.split("."))
+        ]  # fmt: skip
+        if quantized:
+            raise ValueError(
+                f"model: no gradient reaches {name!r} through the quantized layers ({', '.join(quantized[:3])}); "
+                f"{method.label} needs gradients, Score-CAM and occlusion do not"
+            )
         raise ValueError(f"layer: the model's output does not depend on {name!r}; pick a layer on its path")
     return activations.detach(), gradients, logits.detach(), explained
 

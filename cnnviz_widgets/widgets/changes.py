@@ -25,7 +25,7 @@ from .. import render
 from ..comparison import FLIP_KINDS, ModelDiff
 from ..session.pair import SessionPair, reference_session
 from . import drawing
-from .base import LayerChooser, Panel, shows_errors
+from .base import LayerChooser, Panel, readable, shows_errors
 from .charts import HeatGrid
 from .picture import ClickablePicture
 
@@ -475,14 +475,21 @@ class ModelDiffPanel(Panel):
             row_pictures, row_captions = [], []
             for target in classes:
                 own_view = view if row == 1 else render.enlarged(session.view(image), MAP_SIDE)
-                overlay = render.resize(render.overlay(own_view, session.grad_cam(image, at, target)), *self._fitted(image))
+                height, width = self._fitted(image)
+                why = ""
+                try:
+                    overlay = render.resize(render.overlay(own_view, session.grad_cam(image, at, target)), height, width)
+                except ValueError as error:
+                    # One model without gradients (a quantized copy) leaves its own maps out, not the whole view.
+                    overlay = render.placeholder(width, height, "no Grad-CAM")
+                    why = f"<div style='color:{WRONG_COLOR}'>{drawing.escape(readable(error))}</div>"
                 tiles.append(overlay)
                 row_pictures.append(render.to_png(overlay))
                 role = "true class" if target == true else "the reference's prediction" if target == predictions[0] else "this model's prediction"
                 # Three lines for every caption, so that the pictures of a row line up however the words wrap.
                 row_captions.append(
-                    f"<div style='font-size:11px;line-height:1.3;height:4em'><b>{who}</b> · {role}<br>"
-                    f"{drawing.escape(drawing.probability_label(diff.class_names[target], probabilities[target]))}</div>"
+                    f"<div style='font-size:11px;line-height:1.3;min-height:4em'><b>{who}</b> · {role}<br>"
+                    f"{drawing.escape(drawing.probability_label(diff.class_names[target], probabilities[target]))}{why}</div>"
                 )
             pictures.append(row_pictures)
             captions.append(row_captions)

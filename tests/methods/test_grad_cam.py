@@ -145,6 +145,16 @@ def test_layer_that_the_output_does_not_use():
         cw.grad_cam(Unused(), torch.randn(3, 8, 8), "ignored", 0)
 
 
+def test_a_quantized_head_is_named_as_what_stops_the_gradient():
+    model = cw.demo.digits_model()
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    x = torch.rand(1, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"^model: no gradient reaches 'features.conv3' through the quantized layers \(embedding.fc, classifier\)"):
+        cw.grad_cam(quantized, x, "features.conv3", 0)
+    # The same model unquantized has its map: the message is about the quantized layers, not the layer.
+    assert cw.grad_cam(model, x, "features.conv3", 0).shape == (32, 32)
+
+
 def test_layer_without_spatial_maps(resnet18, small_image):
     with pytest.raises(ValueError, match=r"layer: Grad-CAM needs .*'fc' outputs \(1, 1000\)"):
         cw.grad_cam(resnet18, small_image, "fc", 0)

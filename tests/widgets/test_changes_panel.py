@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import cnnviz_widgets as cw
 from cnnviz_widgets import render
@@ -242,5 +243,48 @@ def test_two_checkpoints_of_the_bundled_digits_cnn_the_tab_lists_the_flips_model
         assert f"{diff.negative_flip_rate:.1%}" in panel.summary.value and f"{diff.positive_flip_rate:.1%}" in panel.summary.value
         np.testing.assert_array_equal(panel.diff.confusion_delta, diff.confusion_delta)
         np.testing.assert_allclose(panel.diff.embedding_agreement, diff.embedding_agreement)
+    finally:
+        panel.close()
+
+
+def test_a_quantized_reference_shows_its_numbers_and_says_why_it_has_no_grad_cam():
+    pictures, labels, names = digits()
+    model = cw.demo.digits_model()
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    panel = ModelDiffPanel(model, pictures, cw.demo.digits_preprocess, names, labels, reference=quantized, cache=False)
+    try:
+        assert panel.wait(120) and panel.error == ""
+        before, after = predictions(quantized, pictures), predictions(model, pictures)
+        assert panel.diff.accuracy_a == pytest.approx((before == labels.numpy()).mean())
+        np.testing.assert_array_equal(panel.diff.predictions_a, before)
+        reference_row, model_row = panel._maps.captions
+        assert all("no gradient reaches" in caption and "quantized layers" in caption for caption in reference_row)
+        assert not any("no gradient" in caption for caption in model_row)
+        # The model's own maps are drawn: a Grad-CAM over the digit, not a placeholder.
+        assert pixels(panel._maps.pictures[1][0]).std() > 20
+        assert panel.similarity.shape == (3, 3)
+    finally:
+        panel.close()
+
+
+def test_two_architectures_compare_layer_by_layer_and_each_explains_at_its_own_layer():
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    state, reference_state = ModelState(model), ModelState(reference)
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8) for _ in range(24)]
+    labels = rng.integers(0, 10, 24)
+    panel = ModelDiffPanel(model, pictures, None, None, labels, reference=reference, cache=False)
+    try:
+        assert panel.wait(300) and panel.error == ""
+        conv_a = [name for name, _ in panel.reference_session.conv_layers()]
+        conv_b = [name for name, _ in panel.session.conv_layers()]
+        assert list(panel.similarity.index) == conv_a and list(panel.similarity.columns) == conv_b
+        assert panel.similarity.shape == (20, 52)
+        assert panel.reference_layer() == "layer4.1.conv2" and panel.layer == panel.session.heatmap_layer()
+        assert len(panel._maps.pictures[0]) == len(panel._maps.pictures[1]) == len(panel._maps.classes)
+        state.assert_unchanged()
+        reference_state.assert_unchanged()
     finally:
         panel.close()
