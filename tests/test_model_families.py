@@ -112,6 +112,11 @@ MODELS = {
     "returns_an_object": (ReturnsAnObject, (3, 40, 40)),
 }
 
+# Every tab of a dashboard on each family, but for the three whose parts the others already bring (plain conv
+# stacks: squeezenet1_1; auxiliary heads: googlenet_aux) and whose size makes them the slowest (VGG's 100M
+# classifier weights are copied into every replica): every function still runs on them above.
+DASHBOARD_MODELS = [name for name in MODELS if name not in ("inception_v3_299", "vgg11", "alexnet")]
+
 
 def build(name: str):
     torch.manual_seed(0)
@@ -169,7 +174,7 @@ def test_every_function_works_and_leaves_the_model_as_it_was(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DASHBOARD_MODELS)
 def test_every_dashboard_tab_works_and_leaves_the_model_as_it_was(name):
     model, shape = build(name)
     state = ModelState(model)
