@@ -4,7 +4,7 @@ Everything public is re-exported here; see the README for the list.
 """
 
 from . import demo
-from .layers import conv_layers
+from .layers import conv_layers, map_layers
 from . import render
 from .heatmap_clusters import HeatmapClusters, heatmap_clusters
 from .methods import (
@@ -25,6 +25,7 @@ from .data import Evaluation, embed, evaluate, project
 from .comparison import ModelDiff, model_diff
 from .diagnosis import Diagnosis, diagnose
 from .layer_similarity import layer_similarity
+from .scan import Scan, scan
 from .projector import export_projector
 from .widgets.charts import ClassProbabilities, ConfusionMatrix
 from .widgets.scatter3d import Scatter3D

@@ -7,6 +7,7 @@ model's device, on the model's private replica (:mod:`cnnviz_widgets.replica`): 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .cut import layer_cut
 from .fast import DEFAULT_THREADS, MEMORY_FORMATS, Setting, forwarder, tuner
-from .inputs import check_model, check_positive_int, model_device
+from .inputs import check_input_size, check_model, check_positive_int, model_device
 from .layers import called_layers, embedding_layer, resolve_layer
 from .outputs import check_output, logits_of
 from .probe import model_lock, probe
@@ -333,6 +334,7 @@ def evaluate_and_embed(
     partial_every: float | None = None,
     top_k: int | None = None,
     on_pictures=None,
+    device=None,
 ) -> tuple[Evaluation, np.ndarray]:
     """:func:`evaluate` and :func:`embed` at the default layer in one pass over the images: for a test set
     that takes minutes to read, the second pass would double the wait. Same arguments as :func:`evaluate`.
@@ -343,18 +345,49 @@ def evaluate_and_embed(
     on_pictures: when ``images`` are pictures, called as ``on_pictures(start, pictures)`` with each batch of
         decoded pictures (RGB PIL images ``start``, ``start + 1``, ...), in order, on the thread that decodes
         them: the pass reads every picture anyway, so hover thumbnails (``sprites.AtlasBuilder.add``) cost
-        no second reading of the folder. Never called for tensors or Datasets of tensors."""
+        no second reading of the folder. Never called for tensors or Datasets of tensors.
+    device: where the pass runs (see :func:`check_device`); by default where the model lives."""
     if partial_every is not None and checkpoint is None:
         raise ValueError("partial_every: the evaluations so far go to checkpoint=, which is not given")
     return _classify(
         model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding=True,
-        partial_every=partial_every, top_k=top_k, on_pictures=on_pictures,
+        partial_every=partial_every, top_k=top_k, on_pictures=on_pictures, device=check_device(device),
     )
+
+
+def check_device(device) -> torch.device | None:
+    """``device`` (a ``torch.device``, a string such as ``"cuda"`` or ``"cuda:1"``, or None for the model's own)
+    as a ``torch.device``, refusing one this machine does not have."""
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device: expected a torch.device, a string such as 'cuda' or None, got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device: {str(device)!r} is not a device torch knows ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for, but torch sees no CUDA device here (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device: {str(device)!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for, but torch sees no MPS device here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'mps', got {str(device)!r}")
+    return device
+
+
+def _to_device(batch: Tensor, device: torch.device) -> Tensor:
+    """A batch on ``device``: on CUDA from pinned memory, without waiting for the copy (the next batch is
+    decoded meanwhile)."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
 
 
 def _classify(
     model, images, labels, batch_size, preprocess, progress, output, checkpoint, embedding: bool, partial_every=None, top_k=None,
-    on_pictures=None,
+    on_pictures=None, device=None,
 ):
     model = check_model(model)
     if top_k is not None:
@@ -365,6 +398,9 @@ def _classify(
     # The pass over a test set (embedding) also keeps each input's digest, for the exact duplicates.
     classified, seen_labels, features = _Classified(top_k, digests=embedding), [], []
     with borrow(model) as replica:
+        if device is not None and device != model_device(replica):
+            # The pass on another device than the model's runs a copy of the replica there, made for this pass.
+            replica = copy.deepcopy(replica).to(device)
         device = model_device(replica)
         layer = None
         last_partial = None
@@ -379,7 +415,8 @@ def _classify(
                 batch_given = given[read : read + len(batch)]
             read += len(batch)
             classified.digest(batch)
-            batch = batch.to(device)
+            batch = _to_device(batch, device)
+            check_input_size(replica, batch.shape[2], batch.shape[3], "images")
             if embedding and layer is None:
                 layer = embedding_layer(called_layers(replica, batch[:1], output), model)
             outputs, seen = _forward(replica, batch, layer)
@@ -403,6 +440,8 @@ def _forward(replica: nn.Module, batch: Tensor, layer: tuple[str, str] | None) -
     measured on the first batches. EfficientNet-Lite0 reads a batch of 16 in 11 ms an image, against 15.5
     for the replica in channels_last. A model the fast copy cannot follow runs hooked on the replica, in the
     memory format its first batches measure fastest."""
+    if batch.device.type != "cpu":
+        return _accelerated_forward(replica, batch, layer)
     with model_lock(replica), torch.no_grad():
         if layer is None:
             return forwarder(replica, batch, "pass", len(batch))(batch), None
@@ -416,6 +455,19 @@ def _forward(replica: nn.Module, batch: Tensor, layer: tuple[str, str] | None) -
     setting = chooser.next()
     with probe(replica, **{f"{side}s": [(name, replica.get_submodule(name))]}) as capture:
         outputs = chooser.timed(setting, len(batch), lambda: capture.run(batch.contiguous(memory_format=setting.memory_format)))
+    return outputs, (capture.inputs if side == "input" else capture.outputs)[name]
+
+
+def _accelerated_forward(replica: nn.Module, batch: Tensor, layer: tuple[str, str] | None) -> tuple[object, Tensor | None]:
+    """:func:`_forward` on a GPU: the fast copy and its tuner measure CPU settings, so the replica runs as it is,
+    the batch in channels_last, the convolutions' fast layout on CUDA's tensor cores."""
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    if layer is None:
+        with probe(replica) as capture, torch.no_grad():
+            return capture.run(batch), None
+    side, name = layer
+    with probe(replica, **{f"{side}s": [(name, replica.get_submodule(name))]}) as capture, torch.no_grad():
+        outputs = capture.run(batch)
     return outputs, (capture.inputs if side == "input" else capture.outputs)[name]
 
 

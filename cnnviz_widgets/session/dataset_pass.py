@@ -43,11 +43,15 @@ class DatasetPass:
         """Why the results of the pass are not kept on disk although a cache folder is set, or None."""
         self._tiled: Atlas | None = None
 
-    def results(self, checkpoint=None, partial_every: float | None = None) -> tuple[Evaluation, np.ndarray]:
+    def results(
+        self, checkpoint=None, partial_every: float | None = None, *, device=None, batch_size: int = PASS_BATCH_SIZE
+    ) -> tuple[Evaluation, np.ndarray]:
         """``(evaluation, embeddings)`` of every image.
 
         partial_every: seconds; if this call runs the pass, ``checkpoint(fraction_done, evaluation)`` also
-        receives the evaluation of the images read so far every so often (see ``data.evaluate_and_embed``)."""
+        receives the evaluation of the images read so far every so often (see ``data.evaluate_and_embed``).
+        device, batch_size: where and in batches of how many images the pass runs, if this call runs it (see
+        :func:`~cnnviz_widgets.scan`); the results are the same to float rounding, and so is their cache entry."""
 
         def compute(checkpoint=None):
             entry = self.entry()
@@ -66,9 +70,9 @@ class DatasetPass:
                 tiles = AtlasBuilder(session.count, HOVER_THUMBNAIL_SIZE, HOVER_MAX_SIDE)
             with session.replicas.borrow(WORK) as replica:
                 evaluation, embeddings = evaluate_and_embed(
-                    replica, session.pass_images(), labels, batch_size=PASS_BATCH_SIZE, preprocess=session.preprocess,
+                    replica, session.pass_images(), labels, batch_size=batch_size, preprocess=session.preprocess,
                     progress=False, output=session.output, checkpoint=checkpoint, partial_every=partial_every,
-                    top_k=PASS_TOP_CLASSES, on_pictures=None if tiles is None else tiles.add,
+                    top_k=PASS_TOP_CLASSES, on_pictures=None if tiles is None else tiles.add, device=device,
                 )
             if tiles is not None:
                 self._tiled = tiles.atlas()
@@ -89,6 +93,10 @@ class DatasetPass:
             return self._tiled or build_atlas(self._session.pictures, HOVER_THUMBNAIL_SIZE, HOVER_MAX_SIDE)
 
         return self._session.cached("once", ("thumbnails",), compute)
+
+    def stored(self, entry: str) -> bool:
+        """Whether the disk cache holds ``entry`` (a pass that ran before, here or elsewhere)."""
+        return self._disk.path(entry).is_file()
 
     def entry(self) -> str | None:
         """The disk cache's key for this model, these pictures and this preprocessing; None when not cached."""
