@@ -6,6 +6,7 @@ model: checks that need the model's output (the number of classes) take it as a 
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Sequence
@@ -40,6 +41,59 @@ def input_channels(model: nn.Module) -> int | None:
     return None
 
 
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one ``(H, W)`` that ``model`` accepts, or None when it reads inputs of many sizes.
+
+    Read from what the model's modules declare, never from a forward pass (it costs nothing and runs nothing;
+    a trial pass at a second size would double the cost of every call that checks an input, and could not
+    tell a refused size from any other failure). The first of these modules found decides:
+
+    - timm's patch embedding (ViT, DeiT, Swin, BEiT, EVA...): ``img_size`` while ``strict_img_size`` is set,
+      which ``dynamic_img_size=True`` clears;
+    - torchvision's ``VisionTransformer``: its ``image_size``, which ``_process_input`` asserts;
+    - Hugging Face's embeddings (ViT, DeiT, ViT-MSN, CLIP...): an ``image_size`` on a module whose forward
+      takes ``interpolate_pos_encoding``; the model calls it without, and then refuses any other size.
+
+    Anything else (convolutional nets, Swin from torchvision or Hugging Face, which pad their inputs) is None.
+    """
+    from torchvision.models import VisionTransformer
+
+    for module in model.modules():
+        if getattr(module, "strict_img_size", False) is True and getattr(module, "img_size", None) is not None:
+            return _height_width(module.img_size)
+        if isinstance(module, VisionTransformer):
+            return _height_width(module.image_size)
+        if getattr(module, "image_size", None) is not None and _refuses_other_sizes(module):
+            return _height_width(module.image_size)
+    return None
+
+
+def _refuses_other_sizes(module: nn.Module) -> bool:
+    """Hugging Face embeddings that add position embeddings as they are unless the call asks to interpolate."""
+    try:
+        parameter = inspect.signature(module.forward).parameters.get("interpolate_pos_encoding")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and not parameter.default
+
+
+def _height_width(size) -> tuple[int, int]:
+    if isinstance(size, (tuple, list)):
+        return int(size[0]), int(size[-1])
+    return int(size), int(size)
+
+
+def check_input_size(model: nn.Module, height: int, width: int, argument: str = "x") -> None:
+    """Refuse, before the model does (timm's AssertionError, Hugging Face's ValueError), an input of a size
+    that a model of one input size (see :func:`fixed_input_size`) does not read."""
+    size = fixed_input_size(model)
+    if size is not None and (height, width) != size:
+        raise ValueError(
+            f"{argument}: {type(model).__name__} reads only {size[0]} x {size[1]} inputs, got {height} x {width}; "
+            f"resize the pictures as you preprocess them (preprocess= with torchvision.transforms.Resize({size}))"
+        )
+
+
 def check_image(model: nn.Module, x, argument: str = "x") -> Tensor:
     """One preprocessed image, ``(C, H, W)`` or ``(1, C, H, W)`` -> a fresh ``(1, C, H, W)`` float tensor on
     the model's device, detached from any graph the caller holds."""
@@ -67,6 +121,7 @@ def check_image(model: nn.Module, x, argument: str = "x") -> Tensor:
             f"{argument}: {type(model).__name__} reads {channels}-channel images, got {x.shape[1]} channels "
             f"(shape {tuple(x.shape)})"
         )
+    check_input_size(model, x.shape[2], x.shape[3], argument)
     if not torch.isfinite(x).all():
         raise ValueError(f"{argument}: contains NaN or infinite values; expected finite pixel values")
     return x.detach().to(model_device(model), copy=True)

@@ -22,13 +22,18 @@ from ..inputs import (
     check_int,
     check_model,
     check_normalize,
+    check_pair,
     check_positive_int,
+    fixed_input_size,
     input_channels,
     model_device,
 )
 from ..layers import resolve_layer
 from ..probe import probe
 from .feature_maps import layer_output
+
+DEFAULT_SIDE = 128
+"""Side of the patterns of a model that reads pictures of any size."""
 
 DEFAULT_STEPS = 128
 """Enough for patterns that excite their filter several times more than any photo does; 8 patterns at
@@ -93,7 +98,7 @@ def filter_patterns(
     model: nn.Module,
     layer,
     filters,
-    size: int = 128,
+    size=None,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
     normalize=None,
@@ -104,7 +109,8 @@ def filter_patterns(
     """Activation maximisation: for each filter, the picture that excites it most.
 
     All filters are optimised together in one batch, from a grey picture with a little noise.
-    Returns ``(F, C, size, size)`` in [0, 1] with ``C`` the channels the model reads (3 for RGB).
+    Returns ``(F, C, H, W)`` in [0, 1] with ``C`` the channels the model reads (3 for RGB) and ``(H, W)``
+    the pictures' size.
 
     What is maximised depends on the layer's receptive field, the window of the picture one unit of its maps
     reads, measured at the start of each call from the gradient of the map's centre unit on random pictures:
@@ -118,6 +124,9 @@ def filter_patterns(
       fills the picture with the texture or object parts the filter responds to.
 
     filters: an index or a sequence of indices into the layer's output channels.
+    size: the pictures' side, or their ``(H, W)``; by default the one size a model such as a ViT reads (see
+        :func:`~cnnviz_widgets.inputs.fixed_input_size`), else ``DEFAULT_SIDE``. Such a model refuses any
+        other size.
     normalize: ``(mean, std)`` mapping [0, 1] pixels to the model's input; ImageNet's by default. A negative
         std is a preprocessing that inverts the picture (the digits CNN's ink-on-paper pictures).
     checkpoint: called as ``checkpoint(step / steps)`` after each step (a step of 16 patterns of 96 px at
@@ -129,7 +138,7 @@ def filter_patterns(
     check_model(model)
     name, module = resolve_layer(model, layer)
     indices = check_filters(filters, output_channels(model, name, module))
-    size = check_positive_int(size, "size")
+    size = pattern_size(model, size)
     steps = check_positive_int(steps, "steps")
     preview_every = check_positive_int(preview_every, "preview_every")
     seed = check_int(seed, "seed")
@@ -147,7 +156,7 @@ def filter_patterns(
             capture.run((pictures - mean) / std)
             return layer_output(capture.outputs, name, module)
 
-        random_pictures = torch.rand(2, channels, size, size, generator=generator).to(device).requires_grad_(True)
+        random_pictures = torch.rand(2, channels, *size, generator=generator).to(device).requires_grad_(True)
         weights = map_weights(maps_of(random_pictures), random_pictures)
         for step in range(1, steps + 1):
             activations = maps_of(random_transform(picture(), generator))
@@ -163,14 +172,30 @@ def filter_patterns(
         return picture().cpu()
 
 
+def pattern_size(model: nn.Module, size) -> tuple[int, int]:
+    """``(H, W)`` of the patterns: ``size`` (a side or a pair) if the model reads it, by default its one size."""
+    fixed = fixed_input_size(model)
+    if size is None:
+        return fixed or (DEFAULT_SIDE, DEFAULT_SIDE)
+    given = check_pair(size, "size") if isinstance(size, (tuple, list)) else (check_positive_int(size, "size"),) * 2
+    if fixed is not None and given != fixed:
+        raise ValueError(
+            f"size: {size!r} does not fit {type(model).__name__}, which reads only {fixed[0]} x {fixed[1]} "
+            f"pictures; pass size={fixed[0] if fixed[0] == fixed[1] else fixed} or leave it out"
+        )
+    return given
+
+
 def output_channels(model: nn.Module, name: str, module: nn.Module) -> int:
-    """How many filters ``layer`` has: its ``out_channels``, or the channels of its output on a small picture."""
+    """How many filters ``layer`` has: its ``out_channels``, or the channels of its output on a black picture
+    (of 64 px, or of the one size the model reads)."""
     count = getattr(module, "out_channels", None)
     if isinstance(count, int):
         return count
     channels = input_channels(model) or 3
+    height, width = fixed_input_size(model) or (64, 64)
     with probe(model, outputs=[(name, module)], stop_early=True) as capture:
-        capture.run(torch.zeros(1, channels, 64, 64, device=model_device(model)))
+        capture.run(torch.zeros(1, channels, height, width, device=model_device(model)))
     return layer_output(capture.outputs, name, module).shape[1]
 
 
@@ -216,18 +241,19 @@ def excitation(activations: Tensor, chosen: Tensor, weights: Tensor | None) -> T
 class FourierPicture:
     """A batch of pictures parameterised by their spectra, in decorrelated colour, squashed into [0, 1]."""
 
-    def __init__(self, count: int, channels: int, size: int, generator: torch.Generator, device):
+    def __init__(self, count: int, channels: int, size: tuple[int, int], generator: torch.Generator, device):
         self.size = size
-        frequencies = torch.sqrt(torch.fft.fftfreq(size)[:, None] ** 2 + torch.fft.rfftfreq(size)[None, :] ** 2)
+        height, width = size
+        frequencies = torch.sqrt(torch.fft.fftfreq(height)[:, None] ** 2 + torch.fft.rfftfreq(width)[None, :] ** 2)
         # 1/f scaling: low frequencies move fastest, as in natural images; the DC term stays at unit scale.
-        self.scale = (1.0 / torch.clamp(frequencies * size, min=1.0)).to(device)
-        noise = torch.randn((count, channels, size, size // 2 + 1, 2), generator=generator) * INITIAL_NOISE
+        self.scale = (1.0 / torch.clamp(frequencies * max(size), min=1.0)).to(device)
+        noise = torch.randn((count, channels, height, width // 2 + 1, 2), generator=generator) * INITIAL_NOISE
         self.spectrum = noise.to(device).requires_grad_(True)
         self.colours = colour_matrix(channels).to(device)
 
     def __call__(self) -> Tensor:
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
-        pixels = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="forward")
+        pixels = torch.fft.irfft2(spectrum, s=self.size, norm="forward")
         pixels = torch.einsum("ij,njhw->nihw", self.colours, pixels)
         return torch.sigmoid(limit_contrast(pixels))
 

@@ -7,11 +7,13 @@ import numpy as np
 import traitlets
 
 from .. import render
+from ..inputs import fixed_input_size
 from . import drawing
 from .base import LayerChooser, Panel
 
 MAX_INPUT_CHANNELS_SHOWN = 24
 PATTERN_SIDE = 96
+"""Side of the patterns of a model that reads pictures of any size; a ViT's are of the one size it reads."""
 PATTERN_STEPS = 64
 
 
@@ -125,7 +127,8 @@ class FiltersPanel(Panel):
                 self._apply(self._show_patterns, (key, round(fraction * steps), patterns))
 
         task.checkpoint(0.0)
-        patterns = self.session.filter_patterns(layer, list(filters), PATTERN_SIDE, steps, checkpoint=emerging)
+        size = fixed_input_size(self.session.model) or PATTERN_SIDE
+        patterns = self.session.filter_patterns(layer, list(filters), size, steps, checkpoint=emerging)
         return key, steps, patterns
 
     def _show_patterns(self, result) -> None:
