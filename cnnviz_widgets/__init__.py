@@ -8,6 +8,7 @@ from .layers import conv_layers
 from . import render
 from .heatmap_clusters import HeatmapClusters, heatmap_clusters
 from .methods import (
+    attention,
     cam,
     deletion_insertion,
     feature_maps,

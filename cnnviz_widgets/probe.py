@@ -108,6 +108,7 @@ def probe(
     differentiable: bool = False,
     guide_activations: bool = False,
     stop_early: bool = False,
+    rewrite: Sequence[tuple[nn.Module, Callable]] = (),
 ) -> Iterator[Capture]:
     """Capture layer outputs and inputs of ``model`` during the forward passes run inside the block.
 
@@ -121,6 +122,10 @@ def probe(
     guide_activations: guided backpropagation; every ``nn.ReLU`` / ``nn.ReLU6`` passes back only positive
         gradients (on top of its own mask of positive inputs).
     stop_early: abort the forward pass once every requested layer has been seen (see ``Capture.run``).
+    rewrite: ``(module, function)`` pairs: each call of the module ends with ``function(module, args, kwargs,
+        output)``, and what it returns, unless None, is the output the network goes on with. For what the
+        module computes but does not return (attention weights): the function recomputes them from the
+        module's input and puts them in the graph that leads to the logits.
     """
     capture = Capture(model, stop_early=stop_early)
     wanted = {name for name, _ in outputs} | {f"input:{name}" for name, _ in inputs}
@@ -173,6 +178,8 @@ def probe(
                 handles.append(module.register_forward_hook(output_hook(name)))
             for name, module in inputs:
                 handles.append(module.register_forward_pre_hook(input_hook(name)))
+            for module, function in rewrite:
+                handles.append(module.register_forward_hook(function, with_kwargs=True))
             if guide_activations:
                 for module in model.modules():
                     if isinstance(module, GUIDED_ACTIVATIONS):

@@ -27,6 +27,7 @@ from ..layers import resolve_layer
 from ..outputs import check_output
 from ..probe import probe
 from ..replica import borrow
+from .attention import attention, has_attention
 from .feature_maps import layer_output
 from .grad_cam import cam
 from .faithfulness import DEFAULT_STEPS as FAITHFULNESS_STEPS
@@ -62,6 +63,21 @@ EXPLANATIONS = (
 """In the order they are computed: the fast ones first, so the view fills in at once. Score-CAM is last: one
 forward pass per channel of the layer (1,280 at EfficientNet-Lite0's last conv, 10 s or more on two cores)."""
 
+ATTENTION_EXPLANATIONS = (
+    Explanation("attention-rollout", "attention rollout", False),
+    Explanation("chefer", "Chefer's attention", False),
+)
+"""The methods that read a vision transformer's attention (:func:`~.attention.attention`): the Compare view
+lists them after ``EXPLANATIONS`` for the models whose attention they can read (:func:`explanations_for`)."""
+ATTENTION_METHOD_OF = {"attention-rollout": "rollout", "chefer": "chefer"}
+
+
+def explanations_for(model: nn.Module) -> tuple[Explanation, ...]:
+    """The methods the Compare view lists for ``model``: ``EXPLANATIONS``, and ``ATTENTION_EXPLANATIONS`` when
+    it has attention they can read."""
+    return EXPLANATIONS + ATTENTION_EXPLANATIONS if has_attention(model) else EXPLANATIONS
+
+
 CAM_METHODS = ("grad-cam", "grad-cam++", "xgrad-cam", "layer-cam", "hires-cam", "eigen-cam", "score-cam")
 GRADIENT_METHODS = ("saliency", "smoothgrad", "integrated-gradients")
 OCCLUSION_FRACTION = 8
@@ -79,12 +95,12 @@ def explanation(
     checkpoint: Checkpoint | None = None,
     **options,
 ) -> Tensor:
-    """The ``(H, W)`` importance map of ``method`` (one of ``EXPLANATIONS``' names) for class ``target``,
-    scaled by :func:`unit_scaled`.
+    """The ``(H, W)`` importance map of ``method`` (one of ``EXPLANATIONS``' or ``ATTENTION_EXPLANATIONS``'
+    names) for class ``target``, scaled by :func:`unit_scaled`.
 
     layer: the CAM methods' layer (and guided Grad-CAM's); the other methods ignore it.
     options: keyword arguments for the method's own function (``cam``, ``gradients``, ``guided_backprop``,
-        ``guided_grad_cam`` or ``occlusion``), e.g. ``samples=10`` for SmoothGrad.
+        ``guided_grad_cam``, ``occlusion`` or ``attention``), e.g. ``samples=10`` for SmoothGrad.
     checkpoint: the stop-and-progress protocol (:mod:`cnnviz_widgets.checkpoint`), called between the
         batches of the methods that run many (Score-CAM, SmoothGrad, integrated gradients, occlusion).
     """
@@ -102,8 +118,15 @@ def explanation(
         settings = {"window": window, "stride": stride, **options}
         result = occlusion(model, x, target, output=output, checkpoint=checkpoint, **settings)
         return unit_scaled(result.attribution.clamp(min=0))
+    if method in ATTENTION_METHOD_OF:
+        return unit_scaled(attention(model, x, target, ATTENTION_METHOD_OF[method], output=output, **options))
+    raise unknown_method(method)
+
+
+def unknown_method(method) -> ValueError:
     names = ", ".join(item.name for item in EXPLANATIONS)
-    raise ValueError(f"method: expected one of {names}; got {method!r}")
+    attention_names = ", ".join(item.name for item in ATTENTION_EXPLANATIONS)
+    return ValueError(f"method: expected one of {names}; got {method!r} (vision transformers also take {attention_names})")
 
 
 def occlusion_window(size) -> tuple[int, int]:
@@ -233,7 +256,7 @@ def estimated_seconds(
     - SmoothGrad, integrated gradients: their 25 samples and 50 steps, forward and back, in batches;
     - occlusion: one forward pass per window position (the incremental engine often does better: an
       upper bound);
-    - the one-pass methods: one batch forward and back;
+    - the one-pass methods (the attention maps among them): one batch forward and back;
     - scored: the curves' ``2 * (FAITHFULNESS_STEPS + 1)`` pictures, forward, in batches.
 
     checkpoint: runs between the measured batches (the protocol of :mod:`cnnviz_widgets.checkpoint`).
@@ -241,9 +264,8 @@ def estimated_seconds(
     check_model(model)
     output = check_output(output)
     batch_size = check_positive_int(batch_size, "batch_size")
-    if method not in {item.name for item in EXPLANATIONS}:
-        names = ", ".join(item.name for item in EXPLANATIONS)
-        raise ValueError(f"method: expected one of {names}; got {method!r}")
+    if method not in {item.name for item in EXPLANATIONS + ATTENTION_EXPLANATIONS}:
+        raise unknown_method(method)
     name = None if layer is None else resolve_layer(model, layer)[0]
     with borrow(model) as replica:
         image = check_image(replica, x)

@@ -11,6 +11,9 @@ distribution for the layer; a batch norm's running statistics are reset too); a 
 each of its parameters redrawn from a normal distribution of that parameter's own mean and standard
 deviation. The cascade runs on a copy of the model's replica: the model and its replica stay as they are.
 
+Attention rollout reads no gradient: its map stays exactly the same while the cascade randomises the
+classification head, and the verdict says so; Chefer's attention map is weighted by the class's gradient.
+
 Maps are compared as the Compare view shows them (:func:`~.explanations.explanation`): ``(H, W)`` maps in
 [0, 1], a CAM at the input's resolution, a gradient ``(C, H, W)`` by its absolute values summed over the
 channels, each divided by its largest value. Two scores per step: the Spearman rank correlation with the
@@ -24,7 +27,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal
 
 import torch
@@ -36,12 +39,13 @@ from ..inputs import check_image, check_int, check_model, check_positive_int
 from ..layers import called_layers, heatmap_layer, resolve_layer
 from ..outputs import check_output
 from ..replica import borrow
-from .explanations import explanation
+from .attention import attention
+from .explanations import ATTENTION_METHOD_OF, explanation
 from .grad_cam import CAM_METHODS, cam
 from .gradients import GRADIENT_METHODS, gradients
 from .guided_backprop import guided_backprop
 
-SANITY_METHODS = (*CAM_METHODS, *GRADIENT_METHODS, "guided-backprop")
+SANITY_METHODS = (*CAM_METHODS, *GRADIENT_METHODS, *ATTENTION_METHOD_OF, "guided-backprop")
 
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5
@@ -56,6 +60,8 @@ DEPENDS_BELOW = 0.5
 the weights. Adebayo et al. 2018 read their figures the same way: Grad-CAM falls to about 0.2-0.3 while guided
 backprop stays at 0.99-1.0, so any threshold between the two separates them; 0.5 is halfway. On
 EfficientNet-Lite0 and the cat: Grad-CAM -0.54 after its classifier is randomised, guided backprop 0.996."""
+SAME_MAP_TOLERANCE = 1e-6
+"""Two maps in [0, 1] this close everywhere are the same map, up to float rounding."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,8 @@ def sanity_check(
     """Cascading randomisation of ``model`` for the map of ``method`` for class ``target`` on the image ``x``.
 
     method: a CAM method ("grad-cam", "score-cam", ...: see ``CAM_METHODS``), a gradient method
-        ("saliency", "smoothgrad", "integrated-gradients") or "guided-backprop".
+        ("saliency", "smoothgrad", "integrated-gradients"), "guided-backprop", or an attention map of a vision
+        transformer ("attention-rollout", "chefer").
     layer: the CAM's layer; by default the last conv layer the logits depend on. Only for CAM methods.
     layers: the steps of the cascade, in the order given (list them from the logits down for the classic
         cascade); each a module or dotted name, whose parameterised modules are all re-initialised in that
@@ -167,6 +174,8 @@ class SanityVerdict:
     threshold: the value ``statistic`` is compared with (``DEPENDS_BELOW``).
     steps_read: how many steps of the cascade, from its first, the verdict read.
     reason: one sentence for people: what was read, or why nothing could be.
+    same_without_head: the map after the cascade's first step (the layer next to the logits, the
+        classification head) is the original map: it does not depend on the head (attention rollout).
     """
 
     outcome: Outcome
@@ -174,6 +183,7 @@ class SanityVerdict:
     threshold: float
     steps_read: int
     reason: str
+    same_without_head: bool = False
 
 
 def sanity_verdict(result: SanityResult, threshold: float = DEPENDS_BELOW) -> SanityVerdict:
@@ -188,7 +198,22 @@ def sanity_verdict(result: SanityResult, threshold: float = DEPENDS_BELOW) -> Sa
       place): it ranks no pixel above another, so there is no order to keep or lose;
     - when every step read gave a constant map (NaN correlations), or when the steps that could be read
       stay above the threshold while others gave a constant map: a flat map has no order to compare.
+
+    A map that comes out the same once the cascade's first step (the classification head) is randomised
+    does not depend on the head, and the reason says so, whatever the rest of the cascade does to it.
     """
+    verdict = _read_verdict(result, threshold)
+    if len(result.maps) and bool(result.original.max() > result.original.min()):
+        if float((result.maps[0] - result.original).abs().max()) <= SAME_MAP_TOLERANCE:
+            reason = (
+                f"{verdict.reason}; the map is the same once {result.layers[0]}, the layer next to the logits, is "
+                "randomised: it does not depend on the classification head"
+            )
+            return replace(verdict, reason=reason, same_without_head=True)
+    return verdict
+
+
+def _read_verdict(result: SanityResult, threshold: float) -> SanityVerdict:
     if not isinstance(result, SanityResult):
         raise TypeError(f"result: expected the SanityResult of sanity_check, got {type(result).__name__}")
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not -1 <= threshold <= 1:
@@ -245,7 +270,14 @@ def check_options(options, method: str) -> dict:
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"options: expected a dict of keyword arguments for {method}, got {type(options).__name__}")
-    function = cam if method in CAM_METHODS else gradients if method in GRADIENT_METHODS else guided_backprop
+    if method in CAM_METHODS:
+        function = cam
+    elif method in GRADIENT_METHODS:
+        function = gradients
+    elif method in ATTENTION_METHOD_OF:
+        function = attention
+    else:
+        function = guided_backprop
     accepted = [
         name
         for name, parameter in inspect.signature(function).parameters.items()

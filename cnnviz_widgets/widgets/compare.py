@@ -18,7 +18,7 @@ import traitlets
 from .. import render
 from ..checkpoint import check, scaled
 from ..methods import SANITY_METHODS, sanity_verdict
-from ..methods.explanations import EXPLANATIONS
+from ..methods.explanations import ATTENTION_EXPLANATIONS, EXPLANATIONS, explanations_for
 from . import drawing
 from .base import ClassChooser, ImagePicker, LayerChooser, Panel, shows_errors
 
@@ -34,7 +34,7 @@ CLICK_ABOVE_SECONDS = 10.0
 model's measured forward time times the passes the method needs) waits for a click. Score-CAM at
 EfficientNet-Lite0's last conv layer, 1,280 channels, takes longer on two cores; on Inception-v3's 2,048
 channels at 299 px it took minutes."""
-LABELS = {item.name: item.label for item in EXPLANATIONS}
+LABELS = {item.name: item.label for item in EXPLANATIONS + ATTENTION_EXPLANATIONS}
 VERDICTS = {
     "depends": ("#2e7d32", "the map changes when the model's weights are randomised: it depends on what the model learned"),
     "independent": (
@@ -76,7 +76,9 @@ class ComparePanel(Panel):
         self.order = widgets.Dropdown(options=ORDERS, value="computed", description="sort by", layout=widgets.Layout(width="320px"))
         self.cards = {}
         self.compute_buttons = {}
-        for item in EXPLANATIONS:
+        # The attention maps only for the models whose attention they read.
+        self.methods = explanations_for(self.session.model)
+        for item in self.methods:
             picture = widgets.Image(format="png", layout=widgets.Layout(width=f"{CARD_SIDE}px", height=f"{CARD_SIDE}px"))
             curves = widgets.Image(format="png", layout=widgets.Layout(width=f"{CARD_SIDE}px", height=f"{CURVES_HEIGHT}px"))
             scores = widgets.HTML()
@@ -88,7 +90,7 @@ class ComparePanel(Panel):
             sanity.on_click(lambda _, method=item.name: self.check_sanity(method))
             if item.name not in SANITY_METHODS:
                 sanity.disabled = True
-                sanity.tooltip = "the randomisation cascade is run for CAM and gradient maps"
+                sanity.tooltip = "the randomisation cascade is run for CAM, gradient and attention maps"
             card = widgets.VBox(
                 [widgets.HTML(f"<b style='font-size:13px'>{drawing.escape(item.label)}</b>"), picture, curves, scores, compute, sanity],
                 layout=widgets.Layout(border="1px solid #ddd", padding="4px", align_items="center"),
@@ -227,7 +229,7 @@ class ComparePanel(Panel):
     def _run(self) -> None:
         self._stopped = False
         view, confirmed, sanity = self._view, frozenset(self._confirmed), self._sanity_pending
-        text = f"explaining with {len(EXPLANATIONS)} methods…"
+        text = f"explaining with {len(self.methods)} methods…"
         if sanity is not None:
             text = f"sanity check of {LABELS[sanity]}…"
         self.request_long(text, lambda task: self._work(task, view, confirmed, sanity), lambda result: None)
@@ -246,7 +248,7 @@ class ComparePanel(Panel):
             result = self.session.sanity(image, sanity, layer, target, task.checkpoint)
             self._apply(self._show_sanity, (view, sanity, result))
             task.checkpoint()
-            self.task_bar.running(f"explaining with {len(EXPLANATIONS)} methods…")
+            self.task_bar.running(f"explaining with {len(self.methods)} methods…")
         self._explain(task, view, confirmed)
 
     def _explain(self, task, view, confirmed) -> None:
@@ -255,7 +257,7 @@ class ComparePanel(Panel):
         waits on numbers."""
         image, layer, target, _ = view
         picture_view = self.session.view(image)
-        order = sorted(EXPLANATIONS, key=lambda item: item.name not in confirmed)
+        order = sorted(self.methods, key=lambda item: item.name not in confirmed)
         steps = 2 * len(order)
 
         def stop_only(fraction, partial=None):
@@ -361,7 +363,7 @@ class ComparePanel(Panel):
         )
 
     def _sort(self) -> None:
-        order = [item.name for item in EXPLANATIONS]
+        order = [item.name for item in self.methods]
         if self.order.value != "computed":
             scored = [name for name in order if name in self.scores]
             if self.order.value == "deletion":
@@ -406,5 +408,5 @@ class ComparePanel(Panel):
         )
 
     def picture(self) -> bytes:
-        shown = [self._maps[item.name] for item in EXPLANATIONS if item.name in self._maps]
+        shown = [self._maps[item.name] for item in self.methods if item.name in self._maps]
         return render.to_png(render.strip(shown, side=CARD_SIDE)) if shown else b""
