@@ -11,8 +11,8 @@ import torchvision
 from transformers import ViTConfig, ViTForImageClassification
 
 import cnnviz_widgets as cw
-from cnnviz_widgets.widgets.filters import pattern_grid
 from cnnviz_widgets.inputs import IMAGENET_MEAN, IMAGENET_STD, fixed_input_size
+from cnnviz_widgets.widgets.filters import pattern_grid
 from tests.model_state import ModelState
 from tests.widgets.panel_support import pixels
 
