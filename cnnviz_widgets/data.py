@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .cut import layer_cut
 from .fast import DEFAULT_THREADS, MEMORY_FORMATS, Setting, forwarder, tuner
-from .inputs import check_model, check_positive_int, model_device
+from .inputs import check_input_size, check_model, check_positive_int, model_device
 from .layers import called_layers, embedding_layer, resolve_layer
 from .outputs import check_output, logits_of
 from .probe import model_lock, probe
@@ -416,6 +416,7 @@ def _classify(
             read += len(batch)
             classified.digest(batch)
             batch = _to_device(batch, device)
+            check_input_size(replica, batch.shape[2], batch.shape[3], "images")
             if embedding and layer is None:
                 layer = embedding_layer(called_layers(replica, batch[:1], output), model)
             outputs, seen = _forward(replica, batch, layer)

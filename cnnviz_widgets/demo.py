@@ -172,6 +172,34 @@ def _shipped_digits_epochs() -> list[int]:
     return sorted(counts)
 
 
+DIGITS_VIT_EPOCHS = 60
+DIGITS_VIT_WEIGHTS = "digits_vit.pt"
+
+
+def digits_vit_architecture() -> nn.Module:
+    """torchvision's ViT, small: 32 x 32 pictures in 4 x 4 patches (an 8 x 8 grid and a class token), 4 blocks of
+    4 heads, 48-dimensional tokens; untrained."""
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=48, mlp_dim=96, num_classes=10)
+
+
+def digits_vit() -> nn.Module:
+    """A small vision transformer trained on ``digits("train")`` by ``scripts/train_digits.py --architecture vit``,
+    weights loaded from the package, in eval mode: what the token layers, attention rollout and the CAM family
+    look like on a transformer. It reads :func:`digits_vit_preprocess`'s inputs."""
+    model = digits_vit_architecture()
+    weights = resources.files("cnnviz_widgets.weights").joinpath(DIGITS_VIT_WEIGHTS)
+    with weights.open("rb") as stream:
+        model.load_state_dict(torch.load(stream, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def digits_vit_preprocess(picture) -> torch.Tensor:
+    """A displayable digit picture -> the (1, 3, 32, 32) tensor the digits ViT reads: the digit on each channel."""
+    return digits_preprocess(picture).repeat(1, 3, 1, 1)
+
+
 def digits_model(epochs: int = DIGITS_EPOCHS) -> DigitsCNN:
     """The digits CNN trained ``epochs`` epochs on ``digits("train")``, weights loaded from the package, in eval mode.
 

@@ -1,7 +1,8 @@
-"""Retrain the demo digits CNN and write its weights into the package.
+"""Retrain the demo digits CNN (or its small vision transformer) and write its weights into the package.
 
-    .venv/bin/python scripts/train_digits.py               # 30 epochs -> weights/digits_cnn.pt
-    .venv/bin/python scripts/train_digits.py --epochs 2    # -> weights/digits_cnn_2_epochs.pt
+    .venv/bin/python scripts/train_digits.py                     # 30 epochs -> weights/digits_cnn.pt
+    .venv/bin/python scripts/train_digits.py --epochs 2          # -> weights/digits_cnn_2_epochs.pt
+    .venv/bin/python scripts/train_digits.py --architecture vit  # 60 epochs -> weights/digits_vit.pt
 
 One file per epoch count, named by ``cnnviz_widgets.demo.digits_weights_name``: ``digits_cnn.pt`` for the
 final 30 epochs, ``digits_cnn_<N>_epochs.pt`` for any other N; ``demo.digits_model(epochs)`` reads it back.
@@ -31,6 +32,15 @@ MAX_ROTATION = 0.15  # radians
 SEED = 0
 
 
+ARCHITECTURES = {
+    "cnn": (demo.DigitsCNN, 1, LEARNING_RATE),
+    # Attention needs a gentler step than the CNN's BatchNorm-steadied convolutions.
+    "vit": (demo.digits_vit_architecture, 3, 1e-3),
+}
+"""Each model the script trains: how to make it, the channels it reads (the ViT reads the digit three
+times, as a grey RGB picture) and its learning rate."""
+
+
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Small random rotations and shifts, so the filters learn strokes rather than positions."""
     n = x.shape[0]
@@ -48,30 +58,38 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def train(epochs: int = demo.DIGITS_EPOCHS, log: Callable[[str], None] | None = None) -> demo.DigitsCNN:
-    """A digits CNN trained for ``epochs`` epochs on ``digits("train")``, in eval mode; ``log`` gets one line per epoch.
+def train(
+    epochs: int = demo.DIGITS_EPOCHS, log: Callable[[str], None] | None = None, architecture: str = "cnn"
+) -> torch.nn.Module:
+    """A digits model trained for ``epochs`` epochs on ``digits("train")``, in eval mode; ``log`` gets one line
+    per epoch. architecture: ``"cnn"`` (:class:`~cnnviz_widgets.demo.DigitsCNN`) or ``"vit"`` (the small
+    vision transformer of :func:`~cnnviz_widgets.demo.digits_vit`, reading the digit on three channels).
 
     Runs on one thread from a fixed seed, which determinism needs; the caller's thread count and global
     random state are given back afterwards.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture: expected one of {tuple(ARCHITECTURES)}, got {architecture!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
-            return _train(epochs, log)
+            return _train(epochs, log, architecture)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(epochs: int, log: Callable[[str], None] | None) -> demo.DigitsCNN:
+def _train(epochs: int, log: Callable[[str], None] | None, architecture: str) -> torch.nn.Module:
     generator = torch.Generator().manual_seed(SEED)
+    make, channels, learning_rate = ARCHITECTURES[architecture]
     x_train, y_train, _ = demo.digits("train")
     x_test, y_test, _ = demo.digits("test")
-    model = demo.DigitsCNN()
-    optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    x_train, x_test = x_train.repeat(1, channels, 1, 1), x_test.repeat(1, channels, 1, 1)
+    model = make()
+    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
     for epoch in range(epochs):
         model.train()
@@ -94,10 +112,17 @@ def _train(epochs: int, log: Callable[[str], None] | None) -> demo.DigitsCNN:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=demo.DIGITS_EPOCHS, help="epochs to train (default: 30)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs to train (default: 30 for the CNN, 60 for the ViT)")
+    parser.add_argument("--architecture", choices=tuple(ARCHITECTURES), default="cnn", help="the CNN (default) or the small ViT")
     arguments = parser.parse_args(argv)
-    model = train(arguments.epochs, log=print)
-    target = Path(demo.__file__).parent / "weights" / demo.digits_weights_name(arguments.epochs)
+    if arguments.architecture == "vit":
+        epochs = arguments.epochs or demo.DIGITS_VIT_EPOCHS
+        name = demo.DIGITS_VIT_WEIGHTS
+    else:
+        epochs = arguments.epochs or demo.DIGITS_EPOCHS
+        name = demo.digits_weights_name(epochs)
+    model = train(epochs, log=print, architecture=arguments.architecture)
+    target = Path(demo.__file__).parent / "weights" / name
     torch.save(model.state_dict(), target)
     print(f"wrote {target} ({target.stat().st_size / 1024:.0f} KiB)")
     return target

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import cnnviz_widgets as cw
 from cnnviz_widgets import demo
+from tests.model_state import ModelState
 
 TRAINING_SCRIPT = Path(__file__).parents[1] / "scripts" / "train_digits.py"
 
@@ -182,3 +184,19 @@ def test_digit_pictures_round_trip_through_digits_preprocess():
     assert pictures[0].dtype == np.uint8 and pictures[0].shape == (32, 32)
     back = torch.cat([demo.digits_preprocess(p) for p in pictures])
     assert torch.allclose(back, x[:5], atol=1 / 255)
+
+
+def test_the_digits_vit_reads_the_digits_it_was_trained_on():
+    x, y, _ = cw.demo.digits("test")
+    vit = cw.demo.digits_vit()
+    state = ModelState(vit)
+    pictures = cw.demo.digit_pictures(x[:3])
+    inputs = torch.cat([cw.demo.digits_vit_preprocess(picture) for picture in pictures])
+    assert inputs.shape == (3, 3, 32, 32)
+    # Each channel is the digit the CNN reads.
+    torch.testing.assert_close(inputs[:, 1:2], torch.cat([cw.demo.digits_preprocess(picture) for picture in pictures]))
+    with torch.no_grad():
+        accuracy = (vit(x.repeat(1, 3, 1, 1)).argmax(1) == y).float().mean().item()
+    assert accuracy >= 0.97
+    assert isinstance(vit, torchvision.models.VisionTransformer) and not vit.training
+    state.assert_unchanged()
