@@ -4,7 +4,7 @@ Everything public is re-exported here; see the README for the list.
 """
 
 from . import demo
-from .layers import conv_layers
+from .layers import conv_layers, map_layers
 from . import render
 from .heatmap_clusters import HeatmapClusters, heatmap_clusters
 from .methods import (

@@ -5,14 +5,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..inputs import check_image, check_model
-from ..layers import resolve_layer
+from ..layers import output_layout, resolve_layer
 from ..outputs import check_output
 from ..probe import probe
 from ..replica import borrow
 
 
 def feature_maps(model: nn.Module, x: Tensor, layer, *, output=None) -> Tensor:
-    """The output of ``layer`` for the image ``x``: ``(C_l, h, w)`` for a conv layer, detached on the CPU.
+    """The output of ``layer`` for the image ``x``, detached on the CPU: ``(C_l, h, w)`` for a layer shown as maps
+    (a conv layer; a transformer layer's ``(T, D)`` tokens read as ``(D, h, w)``, a channels-last
+    ``(H, W, C)`` as ``(C, H, W)``: see :func:`~cnnviz_widgets.layers.map_layers`), as it is otherwise.
 
     For a module the forward pass calls more than once (a ReLU reused within a block), this is its
     output at the last call, the same activation Grad-CAM explains. ``output`` is accepted for a uniform
@@ -26,7 +28,15 @@ def feature_maps(model: nn.Module, x: Tensor, layer, *, output=None) -> Tensor:
         image = check_image(replica, x)
         with probe(replica, outputs=[(name, module)]) as capture:
             capture.run(image)
-        return layer_output(capture.outputs, name, module)[0].cpu()
+        return layer_maps(replica, image, capture.outputs, name, module)[0].cpu()
+
+
+def layer_maps(model: nn.Module, image: Tensor, outputs: dict, name: str, module: nn.Module) -> Tensor:
+    """:func:`layer_output` of a pass of ``image`` as maps ``(N, C, h, w)`` when it reads as maps (see
+    :class:`~cnnviz_widgets.layers.MapLayout`), as it is otherwise; differentiable."""
+    output = layer_output(outputs, name, module)
+    layout = output_layout(model, image, output, module)
+    return output if layout is None else layout.maps(output)
 
 
 def layer_output(outputs: dict, name: str, module: nn.Module) -> Tensor:

@@ -25,7 +25,7 @@ from ..checkpoint import Checkpoint, check
 from ..cut import layer_cut
 from ..fast import forwarder
 from ..inputs import check_image, check_int, check_model, check_positive_int, check_target
-from ..layers import resolve_layer
+from ..layers import output_layout, resolve_layer
 from ..outputs import OutputToLogits, check_output, logits_of
 from ..probe import model_lock, probe
 from ..replica import borrow
@@ -295,7 +295,7 @@ def batch_layer_pass(
         return _hooked_layer_pass(model, images, name, target, contrast, output, method)
     with model_lock(model), torch.enable_grad():
         activations, model_output = cut.run(model, images, method.uses_gradients)
-        return _with_gradients(model, activations, logits_of(model_output, output), name, target, contrast, method)
+        return _with_gradients(model, images, activations, logits_of(model_output, output), name, target, contrast, method)
 
 
 def _hooked_layer_pass(model, images, name, target, contrast, output, method):
@@ -303,23 +303,30 @@ def _hooked_layer_pass(model, images, name, target, contrast, output, method):
     module = model.get_submodule(name)
     with probe(model, outputs=[(name, module)], differentiable=method.uses_gradients) as capture:
         logits = logits_of(capture.run(images), output)
-        return _with_gradients(model, layer_output(capture.outputs, name, module), logits, name, target, contrast, method)
+        captured = layer_output(capture.outputs, name, module)
+        return _with_gradients(model, images, captured, logits, name, target, contrast, method)
 
 
-def _with_gradients(model, activations, logits, name, target, contrast, method):
-    """:func:`batch_layer_pass`'s answer from the layer's activations and the logits computed from them."""
+def _with_gradients(model, images, captured, logits, name, target, contrast, method):
+    """:func:`batch_layer_pass`'s answer from the layer's output captured in a pass of ``images`` and the logits
+    computed from it.
+
+    A transformer layer's tokens (or channels-last output) are read as maps, and so is the gradient, taken
+    with respect to the captured tensor (:meth:`~cnnviz_widgets.layers.MapLayout.maps`)."""
     explained = explained_score(target, contrast, logits.shape[1])
-    if activations.dim() != 4:
+    layout = output_layout(model, images, captured, model.get_submodule(name))
+    if layout is None:
         raise ValueError(
-            f"layer: {method.label} needs a layer with spatial maps (N, C, h, w); {name!r} outputs "
-            f"{tuple(activations.shape)}"
+            f"layer: {method.label} needs a layer with spatial maps (N, C, h, w) or patch tokens; {name!r} "
+            f"outputs {tuple(captured.shape)}"
         )
+    activations = layout.maps(captured.detach())
     if not method.uses_gradients:
-        return activations.detach(), None, logits.detach(), explained
+        return activations, None, logits.detach(), explained
     score = explained(logits).sum()
     gradients = None
     if score.requires_grad:
-        (gradients,) = torch.autograd.grad(score, activations, allow_unused=True)
+        (gradients,) = torch.autograd.grad(score, captured, allow_unused=True)
     if gradients is None:
         # A quantized layer's packed weights are a submodule of their own ("_packed_params"): the layer names it.
         quantized = [
@@ -332,7 +339,7 @@ def _with_gradients(model, activations, logits, name, target, contrast, method):
                 f"{method.label} needs gradients, Score-CAM and occlusion do not"
             )
         raise ValueError(f"layer: the model's output does not depend on {name!r}; pick a layer on its path")
-    return activations.detach(), gradients, logits.detach(), explained
+    return activations, layout.maps(gradients), logits.detach(), explained
 
 
 def resized(maps: Tensor, size, align_corners: bool = False) -> Tensor:

@@ -132,7 +132,7 @@ def sanity_check(
         image = check_image(replica, x)
         calls = called_layers(replica, image, output)
         if method in CAM_METHODS and layer_name is None:
-            layer_name = heatmap_layer(calls, replica)
+            layer_name = heatmap_layer(calls, replica, image)
         randomised = copy.deepcopy(replica)
     if steps is None:
         steps = [call.name for call in reversed(calls) if owns_parameters(call.module)]

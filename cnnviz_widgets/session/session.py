@@ -25,7 +25,7 @@ from ..checkpoint import scaled
 from ..diagnosis import Diagnosis, diagnosis_of
 from ..fast import forwarder
 from ..inputs import check_model, input_channels, model_device
-from ..layers import called_layers, heatmap_layer, is_conv, resolve_layer
+from ..layers import called_layers, heatmap_layer, map_calls, resolve_layer
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import VIEWS, Listeners, replicas_of
@@ -296,19 +296,28 @@ class Session(MethodCalls):
 
         return self.cached("once", ("calls",), compute)
 
+    def _traced(self, choose):
+        """``choose(replica, image, calls)`` on the replica, for the first image and the calls of its pass."""
+        calls = self._calls()
+        with self.replicas.borrow(VIEWS) as replica:
+            return choose(replica, self.input(0).to(model_device(replica)), calls)
+
     def conv_layers(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Every conv layer the forward calls, with its output shape ``(C, h, w)`` for these images, in call order."""
-        layers = [(call.name, call.shape) for call in self._calls() if is_conv(call)]
+        """Every layer the forward calls that shows as maps, with the ``(C, h, w)`` of its maps for these images, in
+        call order: the conv layers, and a transformer's blocks (see :func:`~cnnviz_widgets.layers.map_layers`)."""
+        layers = self.cached("once", ("map layers",), lambda: self._traced(map_calls))
         if not layers:
             raise ValueError(f"model: {type(self.model).__name__} calls no conv layer with spatial maps to show")
         return layers
 
     def heatmap_layer(self) -> str:
         """Where Grad-CAM looks by default (see :func:`~cnnviz_widgets.layers.heatmap_layer`)."""
-        return heatmap_layer(self._calls(), self.model)
+        return self.cached(
+            "once", ("heatmap layer",), lambda: self._traced(lambda replica, image, calls: heatmap_layer(calls, replica, image))
+        )
 
     def first_layer(self) -> str:
-        """The first conv layer called: its filters read the picture's colours, its maps are the sharpest."""
+        """The first layer shown as maps: a conv net's filters read the picture's colours, its maps are the sharpest."""
         return self.conv_layers()[0][0]
 
     def layer_name(self, layer) -> str:

@@ -141,7 +141,7 @@ class ClassChooser(widgets.Dropdown):
 
 
 class LayerChooser(widgets.Dropdown):
-    """The conv layers in forward order, each with its output shape."""
+    """The layers shown as maps (conv layers, a transformer's blocks) in forward order, each with its maps' shape."""
 
     def __init__(self, session: Session, description: str = "layer", **kwargs):
         kwargs.setdefault("layout", widgets.Layout(width="420px"))
@@ -486,11 +486,13 @@ class Panel(widgets.VBox):
         return target
 
     def check_layer(self, layer) -> str:
-        """A conv layer's dotted name; anything else raises a TraitError naming the closest layers."""
+        """The dotted name of a layer shown as maps; anything else raises a TraitError naming the closest layers."""
         try:
             name = self.session.layer_name(layer)
         except (TypeError, ValueError) as error:
             raise traitlets.TraitError(str(error)) from None
         if name not in dict(self.session.conv_layers()):
-            raise traitlets.TraitError(f"layer: {name!r} is not a conv layer of the model; choose one from the layer list")
+            raise traitlets.TraitError(
+                f"layer: {name!r} is not a layer of the model shown as maps; choose one from the layer list"
+            )
         return name
