@@ -262,6 +262,16 @@ def test_models_without_readable_attention_get_a_value_error():
     with pytest.raises(ValueError, match=r"^model: .*windowed attention has no CLS row to roll out"):
         cw.attention(swin, image(side=56))
     assert explanations_for(swin) == cw.methods.EXPLANATIONS
+    pooled = tiny_vit(class_token=False, global_pool="avg")
+    with pytest.raises(ValueError, match=r"^model: its attention sees 16 tokens for a 4 x 4 patch grid: no class token"):
+        cw.attention(pooled, image())
+    biased = torchvision_vit()
+    # Learnt key and value tokens appended to the sequence: weights this module cannot recompute.
+    biased.encoder.layers[1].self_attention = torch.nn.MultiheadAttention(32, 2, batch_first=True, add_bias_kv=True)
+    state = ModelState(biased)
+    with pytest.raises(ValueError, match=r"^model: the attention of encoder.layers.encoder_layer_1.self_attention .* cannot be recomputed"):
+        cw.attention(biased, image(), method="chefer", target=0)
+    state.assert_unchanged()
 
 
 @pytest.mark.parametrize(
