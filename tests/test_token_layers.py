@@ -195,3 +195,19 @@ def test_the_session_lists_the_blocks_and_picks_transformer_defaults():
     assert session.first_layer() == "patch_embed.proj"
     assert [value for _, value in LayerChooser(session).options] == [name for name, _ in expected]
     state.assert_unchanged()
+
+
+def test_sanity_cascade_and_deletion_curves_on_a_vit_block():
+    model = seeded(lambda: timm_vit(img_size=32))
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    state = ModelState(model)
+    result = cw.sanity_check(model, x, 3, "grad-cam", layers=["head", "blocks.2"])
+    torch.testing.assert_close(result.original, cw.grad_cam(model, x, "blocks.2.norm1", 3))
+    assert result.original.max() == 1
+    assert len(result.maps) == 2
+    faithfulness = cw.deletion_insertion(model, x, 3, cw.grad_cam(model, x, "blocks.1", 3), steps=4)
+    with torch.no_grad():
+        probability = torch.softmax(copy.deepcopy(model).eval()(x[None]), dim=1)[0, 3]
+    torch.testing.assert_close(faithfulness.deletion[0], probability, rtol=1e-4, atol=1e-6)
+    assert faithfulness.deletion.shape == faithfulness.insertion.shape == (5,)
+    state.assert_unchanged()

@@ -100,7 +100,8 @@ def sanity_check(
     method: a CAM method ("grad-cam", "score-cam", ...: see ``CAM_METHODS``), a gradient method
         ("saliency", "smoothgrad", "integrated-gradients"), "guided-backprop", or an attention map of a vision
         transformer ("attention-rollout", "chefer").
-    layer: the CAM's layer; by default the last conv layer the logits depend on. Only for CAM methods.
+    layer: the CAM's layer; by default the last conv layer the logits depend on (a transformer's last block's first
+        norm). Only for CAM methods.
     layers: the steps of the cascade, in the order given (list them from the logits down for the classic
         cascade); each a module or dotted name, whose parameterised modules are all re-initialised in that
         step (so a block counts as one step). By default every module that owns parameters and that the
