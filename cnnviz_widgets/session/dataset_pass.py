@@ -20,6 +20,7 @@ from ..cache import DiskCache, callable_digest, weights_digest
 from ..cache import key as cache_key
 from ..data import Evaluation, evaluate_and_embed
 from ..identity import uncertain_reason
+from ..ray_pass import ray_pass
 from ..replica import VIEWS, WORK
 from ..sprites import HOVER_MAX_SIDE, HOVER_THUMBNAIL_SIZE, Atlas, AtlasBuilder, build_atlas
 
@@ -44,14 +45,17 @@ class DatasetPass:
         self._tiled: Atlas | None = None
 
     def results(
-        self, checkpoint=None, partial_every: float | None = None, *, device=None, batch_size: int = PASS_BATCH_SIZE
+        self, checkpoint=None, partial_every: float | None = None, *, device=None, batch_size: int = PASS_BATCH_SIZE,
+        ray_address: str | None = None,
     ) -> tuple[Evaluation, np.ndarray]:
         """``(evaluation, embeddings)`` of every image.
 
         partial_every: seconds; if this call runs the pass, ``checkpoint(fraction_done, evaluation)`` also
         receives the evaluation of the images read so far every so often (see ``data.evaluate_and_embed``).
-        device, batch_size: where and in batches of how many images the pass runs, if this call runs it (see
-        :func:`~cnnviz_widgets.scan`); the results are the same to float rounding, and so is their cache entry."""
+        device, batch_size, ray_address: where (on this machine, on a device, or as a Ray Data job at that
+        address: see :mod:`~cnnviz_widgets.ray_pass`) and in batches of how many images the pass runs, if this
+        call runs it (see :func:`~cnnviz_widgets.scan`); the results are the same to float rounding, and so is
+        their cache entry."""
 
         def compute(checkpoint=None):
             entry = self.entry()
@@ -60,6 +64,10 @@ class DatasetPass:
                 evaluation = Evaluation(**{name: stored.get(name) for name in STORED})
                 return evaluation, stored["embeddings"]
             session = self._session
+            if ray_address is not None:
+                evaluation, embeddings = ray_pass(session, ray_address, batch_size, PASS_TOP_CLASSES, checkpoint)
+                self._keep(entry, evaluation, embeddings)
+                return evaluation, embeddings
             # Without labels the pass still gives predictions and embeddings; its confusion is not shown.
             labels = session.labels if session.labels is not None else np.zeros(session.count, dtype=np.int64)
             # The pass decodes every picture for the model: the hover thumbnails tiled meanwhile spare the
@@ -77,12 +85,15 @@ class DatasetPass:
             if tiles is not None:
                 self._tiled = tiles.atlas()
                 self._tiled.png()
-            if entry is not None:
-                arrays = {name: getattr(evaluation, name) for name in STORED if getattr(evaluation, name) is not None}
-                self._disk.save(entry, {**arrays, "embeddings": embeddings})
+            self._keep(entry, evaluation, embeddings)
             return evaluation, embeddings
 
         return self._session.cached("once", ("pass",), compute, checkpoint)
+
+    def _keep(self, entry: str | None, evaluation: Evaluation, embeddings: np.ndarray) -> None:
+        if entry is not None:
+            arrays = {name: getattr(evaluation, name) for name in STORED if getattr(evaluation, name) is not None}
+            self._disk.save(entry, {**arrays, "embeddings": embeddings})
 
     def thumbnails(self) -> Atlas:
         """Every picture's hover thumbnail in one atlas, PNG encoded: the one a pass tiled as it read the
