@@ -211,3 +211,47 @@ def test_sanity_cascade_and_deletion_curves_on_a_vit_block():
     torch.testing.assert_close(faithfulness.deletion[0], probability, rtol=1e-4, atol=1e-6)
     assert faithfulness.deletion.shape == faithfulness.insertion.shape == (5,)
     state.assert_unchanged()
+
+
+class Mixer(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width)
+        self.mix = torch.nn.Linear(width, width)
+
+    def forward(self, tokens):
+        mixed = self.mix(self.norm(tokens))
+        return tokens + mixed + mixed.mean(dim=1, keepdim=True)
+
+
+class UnnamedPrefixTransformer(torch.nn.Module):
+    """A transformer whose one prefix token has a name no library uses: the count is guessed from the input."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.patches = torch.nn.Conv2d(3, width, 8, stride=8)
+        self.start = torch.nn.Parameter(torch.randn(1, 1, width))
+        self.blocks = torch.nn.Sequential(Mixer(width), Mixer(width))
+        self.head = torch.nn.Linear(width, 10)
+
+    def forward(self, x):
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.start.expand(len(x), -1, -1), tokens], dim=1)
+        return self.head(self.blocks(tokens)[:, 0])
+
+
+def test_prefix_and_grid_guessed_from_a_non_square_input():
+    model = seeded(UnnamedPrefixTransformer)
+    x = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(1))
+    state = ModelState(model)
+    assert cw.map_layers(model, x) == [
+        ("patches", (8, 4, 6)),
+        ("blocks.0.norm", (8, 4, 6)),
+        ("blocks.0", (8, 4, 6)),
+        ("blocks.1.norm", (8, 4, 6)),
+        ("blocks.1", (8, 4, 6)),
+    ]
+    expected = tokens_as_maps(hooked_output(model, x, "blocks.0"), 1, (4, 6))
+    torch.testing.assert_close(cw.feature_maps(model, x, "blocks.0"), expected, rtol=1e-4, atol=1e-5)
+    assert cw.grad_cam(model, x, "blocks.1.norm", 3, raw=True).max() > 0
+    state.assert_unchanged()
