@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .cut import layer_cut
 from .fast import DEFAULT_THREADS, MEMORY_FORMATS, Setting, forwarder, tuner
 from .inputs import check_input_size, check_model, check_positive_int, model_device
-from .layers import called_layers, embedding_layer, resolve_layer
+from .layers import called_layers, embedding_layer, output_layout, resolve_layer
 from .outputs import check_output, logits_of
 from .probe import model_lock, probe
 from .replica import borrow
@@ -612,7 +612,12 @@ def embed(
             seen = capture.inputs if kind == "input" else capture.outputs
             if name not in seen:
                 raise ValueError(f"layer: {name!r} was not called in the model's forward pass; choose another layer")
-            features.append(_pooled(seen[name], pool, name).float().cpu())
+            activations = seen[name]
+            if kind == "output" and isinstance(activations, Tensor):
+                # A transformer layer's tokens pool as its maps do: one mean per channel, as a conv layer's.
+                layout = output_layout(replica, batch, activations, module)
+                activations = activations if layout is None else layout.maps(activations)
+            features.append(_pooled(activations, pool, name).float().cpu())
     return torch.cat(features).numpy()
 
 

@@ -255,3 +255,13 @@ def test_prefix_and_grid_guessed_from_a_non_square_input():
     torch.testing.assert_close(cw.feature_maps(model, x, "blocks.0"), expected, rtol=1e-4, atol=1e-5)
     assert cw.grad_cam(model, x, "blocks.1.norm", 3, raw=True).max() > 0
     state.assert_unchanged()
+
+
+def test_embeddings_of_a_token_layer_average_its_patch_tokens():
+    model = seeded(lambda: timm_vit(img_size=32))
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    state = ModelState(model)
+    embeddings = cw.embed(model, images, layer="blocks.1")
+    expected = torch.stack([hooked_output(model, image, "blocks.1")[0, 1:].mean(dim=0) for image in images])
+    torch.testing.assert_close(torch.from_numpy(embeddings), expected, rtol=1e-4, atol=1e-5)
+    state.assert_unchanged()
