@@ -113,10 +113,11 @@ def ray_pass(session, address: str, batch_size: int, top_k: int, checkpoint=None
         os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_WAIT_MS))
         ray.init(address=address or None, include_dashboard=False, logging_level="ERROR")
     context = ray.data.DataContext.get_current()
-    # The pass draws its own progress bar: Ray Data's bars and its progress log would repeat it, in order.
+    # The pass draws its own progress bar: Ray Data's bars and its progress log (and its note that the bars are
+    # off) would repeat it.
     kept = (context.execution_options.preserve_order, context.enable_progress_bars, logging.getLogger("ray.data").level)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context.enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         with session.replicas.borrow(WORK) as replica:
             first = session.input(0).to(model_device(replica))
@@ -133,7 +134,8 @@ def ray_pass(session, address: str, batch_size: int, top_k: int, checkpoint=None
                 model=model, preprocess=session.preprocess, output=session.output, layer=layer,
                 device="cuda" if gpus else None, threads=1,
             ),
-            batch_size=batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=1, batch_format="numpy",
+            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0, num_cpus=1,
+            batch_format="numpy",
         )  # fmt: skip
         return _gathered(dataset.iter_batches(batch_size=None, batch_format="numpy"), session, top_k, checkpoint)
     finally:
@@ -157,7 +159,8 @@ def _gathered(batches, session, top_k: int, checkpoint):
             following = done + len(batch["index"])
             if not np.array_equal(batch["index"], np.arange(done, following)):
                 raise RuntimeError(f"the Ray job returned images {batch['index'][:3]}... where {done} was due")
-            classified.add(torch.from_numpy(batch["logits"]), labels[done:following])
+            # Ray hands out read-only views of its object store: the logits are copied into a tensor of their own.
+            classified.add(torch.tensor(batch["logits"]), labels[done:following])
             classified.digests.append(np.asarray(batch["digest"], dtype=np.uint64))
             embeddings.append(batch["embedding"])
             done = following
