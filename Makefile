@@ -73,3 +73,4 @@ bench: setup $(CHROMIUM)
 	$(PYTHON) bench/bench_session.py
 	$(PYTHON) bench/bench_diagnosis.py
 	$(PYTHON) bench/bench_comparison.py
+	$(PYTHON) bench/bench_scan.py
