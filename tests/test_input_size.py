@@ -161,13 +161,16 @@ def test_the_filters_panel_grows_patterns_of_the_size_the_model_reads():
     state = ModelState(model)
     pictures = [np.full((32, 32, 3), shade, dtype=np.uint8) for shade in (40, 200)]
     panel = cw.FiltersPanel(model, pictures, lambda picture: torch.tensor(np.array(picture)).permute(2, 0, 1) / 255.0)
-    assert panel.wait_prefetched(60)
-    panel.count.value = 2
-    panel.steps.value = 8
-    assert panel.wait_prefetched(60)
-    panel.find.click()
-    assert panel.wait_prefetched(60)
-    assert panel.error == "" and "done" in panel.patterns_label.value
-    shown = pixels(panel.patterns_view.value)
-    assert shown.shape == pattern_grid(torch.zeros(2, 3, 32, 32)).shape
+    try:
+        assert panel.wait_prefetched(60)
+        panel.count.value = 2
+        panel.steps.value = 8
+        assert panel.wait_prefetched(60)
+        panel.find.click()
+        assert panel.wait_prefetched(60)
+        assert panel.error == "" and "done" in panel.patterns_label.value
+        shown = pixels(panel.patterns_view.value)
+        assert shown.shape == pattern_grid(torch.zeros(2, 3, 32, 32)).shape
+    finally:
+        panel.close()
     state.assert_unchanged()

@@ -143,9 +143,11 @@ class ClassChooser(widgets.Dropdown):
 class LayerChooser(widgets.Dropdown):
     """The layers shown as maps (conv layers, a transformer's blocks) in forward order, each with its maps' shape."""
 
-    def __init__(self, session: Session, description: str = "layer", **kwargs):
+    def __init__(self, session: Session, description: str = "layer", layers=None, **kwargs):
+        """layers: ``[(name, (C, h, w))]`` to offer, by default every layer of ``session.conv_layers()``."""
         kwargs.setdefault("layout", widgets.Layout(width="420px"))
-        options = [(f"{name}  ({' × '.join(str(size) for size in shape)})", name) for name, shape in session.conv_layers()]
+        layers = session.conv_layers() if layers is None else layers
+        options = [(f"{name}  ({' × '.join(str(size) for size in shape)})", name) for name, shape in layers]
         super().__init__(options=options, description=description, **kwargs)
         self.add_class("cnnviz-layer-chooser")
 

@@ -66,9 +66,9 @@ class Dashboard(widgets.VBox):
         for panel in self.panels.values():
             traitlets.link((self, "image"), (panel, "image"))
         # Early layers teach most in Feature maps and Filters, the last one in Grad-CAM: only the heatmaps share.
-        for panel in self.panels.values():
-            if "layer" in panel.trait_names():
-                traitlets.link((self, "layer"), (panel, "layer"))
+        for title in ("Grad-CAM", "Guided backprop", "Compare", "Changes"):
+            if title in self.panels:
+                traitlets.link((self, "layer"), (self.panels[title], "layer"))
         if "Mistakes" in self.panels:
             self.panels["Mistakes"].observe(self._cell_chosen, "cell")
             self.panels["Diagnose"].observe(self._finding_chosen, "chosen")

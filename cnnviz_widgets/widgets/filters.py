@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 import numpy as np
 import traitlets
+from torch import nn
 
 from .. import render
 from ..inputs import fixed_input_size
@@ -31,7 +32,11 @@ class FiltersPanel(Panel):
     layer = traitlets.Unicode()
 
     def _build(self):
-        self.layer_chooser = LayerChooser(self.session)
+        # Filters are a convolution's weights: a transformer's blocks, shown as maps elsewhere, have none.
+        self.filter_layers = [
+            (name, shape) for name, shape in self.session.conv_layers() if isinstance(self.session.model.get_submodule(name), nn.Conv2d)
+        ]
+        self.layer_chooser = LayerChooser(self.session, layers=self.filter_layers)
         self.first = widgets.IntSlider(value=0, min=0, max=0, description="first filter", layout=widgets.Layout(width="360px"))
         self.count = widgets.IntSlider(value=8, min=1, max=16, description="how many", layout=widgets.Layout(width="300px"))
         self.weights_view = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", object_fit="contain"))
@@ -56,7 +61,10 @@ class FiltersPanel(Panel):
         ]
 
     def _start(self) -> None:
-        self.layer = self.session.first_layer()
+        if not self.filter_layers:
+            self.show_error(ValueError(f"model: {type(self.session.model).__name__} has no Conv2d layer whose filters could be shown"))
+            return
+        self.layer = self.filter_layers[0][0]
         widgets.link((self, "layer"), (self.layer_chooser, "value"))
         self.first.observe(lambda _: self.refresh(), "value")
         self.count.observe(lambda _: self.refresh(), "value")
@@ -66,17 +74,20 @@ class FiltersPanel(Panel):
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal):
-        return self.check_layer(proposal["value"])
+        name = self.check_layer(proposal["value"])
+        if name not in dict(self.filter_layers):
+            raise traitlets.TraitError(f"layer: {name!r} has no convolution filters; choose a Conv2d layer from the list")
+        return name
 
     def _on_layer(self, change) -> None:
-        filters = dict(self.session.conv_layers())[self.layer][0]
+        filters = dict(self.filter_layers)[self.layer][0]
         self.stop()
         with self.settling():
             self.first.max = max(0, filters - 1)
             self.count.max = min(16, filters)
 
     def filters(self) -> list[int]:
-        total = dict(self.session.conv_layers())[self.layer][0]
+        total = dict(self.filter_layers)[self.layer][0]
         return list(range(self.first.value, min(self.first.value + self.count.value, total)))
 
     def refresh(self) -> None:

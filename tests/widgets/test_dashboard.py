@@ -87,3 +87,35 @@ def test_works_on_a_torchvision_model_with_its_weights_transforms(tmp_path):
     assert pixels(grad_cam.left.value).shape == (224, 224, 3)
     assert len(grad_cam.class_chooser.options) == 1000
     state.assert_unchanged()
+
+
+def test_a_vision_transformer_dashboard_lists_its_blocks_and_each_tab_keeps_its_own_layer():
+    x, y, names = cw.demo.digits("test")
+    vit = cw.demo.digits_vit()
+    state = ModelState(vit)
+    dashboard = cw.explore(vit, cw.demo.digit_pictures(x[:12]), y[:12], names, cw.demo.digits_vit_preprocess, cache=False)
+    try:
+        blocks = [f"encoder.layers.encoder_layer_{block}" for block in range(4)]
+        listed = [name for name, _ in dashboard.session.conv_layers()]
+        assert listed == ["conv_proj"] + [name for block in blocks for name in (f"{block}.ln_1", block)]
+        # The CAM family's default: the last block's first norm (the last block's patch tokens get no
+        # gradient from the class token's head).
+        assert dashboard.layer == "encoder.layers.encoder_layer_3.ln_1"
+        filters, feature_maps = dashboard.panels["Filters"], dashboard.panels["Feature maps"]
+        assert [value for _, value in filters.layer_chooser.options] == ["conv_proj"]
+        dashboard.layer = "encoder.layers.encoder_layer_1.ln_1"
+        assert dashboard.panels["Grad-CAM"].layer == dashboard.panels["Compare"].layer == "encoder.layers.encoder_layer_1.ln_1"
+        # Feature maps and Filters open on the first layer and stay there: the heatmaps' layer is not theirs.
+        assert feature_maps.layer == filters.layer == "conv_proj"
+        feature_maps.layer = "encoder.layers.encoder_layer_1"
+        dashboard.tabs.selected_index = list(dashboard.panels).index("Feature maps")
+        assert dashboard.wait(120) and feature_maps.error == ""
+        assert pixels(feature_maps.grid.value).std() > 10
+        filters.layer_chooser.value = "conv_proj"
+        for index in range(len(dashboard.panels)):
+            dashboard.tabs.selected_index = index
+            assert dashboard.wait(300)
+        assert all(panel.error == "" for panel in dashboard.panels.values()), {t: p.error[:200] for t, p in dashboard.panels.items() if p.error}
+    finally:
+        dashboard.close()
+    state.assert_unchanged()
