@@ -458,3 +458,36 @@ def test_changes_tab_draws_every_view_and_a_click_on_a_flip_shows_both_models_ma
         )
         assert cut == 0, f"at {width} px, {cut} views stick out of the dashboard"
     assert_nothing_wrong(notebook)
+
+
+VIT_DIGITS = Path(__file__).parent / "notebooks" / "vit_digits.ipynb"
+MIDDLE_BLOCK = "encoder.layers.encoder_layer_1"
+
+
+def test_vit_dashboard_shows_a_middle_block_in_feature_maps_grad_cam_and_compare(open_notebook):
+    notebook = open_notebook(VIT_DIGITS, viewport=(1300, 1800))
+    dismiss_notifications(notebook.page)
+    assert_nothing_wrong(notebook)
+    dashboard = notebook.page.locator(".cnnviz-dashboard").first
+    dashboard.scroll_into_view_if_needed()
+    notebook.kernel_eval(f"board.panels['Feature maps'].layer = '{MIDDLE_BLOCK}'\nboard.layer = '{MIDDLE_BLOCK}.ln_1'")
+    for width in (900, 1600):
+        notebook.set_output_width(width)
+        for title, selector in (
+            ("Feature maps", ".cnnviz-feature-grid img"),
+            ("Grad-CAM", ".cnnviz-grad-cam-left, .cnnviz-grad-cam-right"),
+            ("Compare", ".cnnviz-compare-card img"),
+        ):
+            panel = show_tab(dashboard, title)
+            wait_until_drawn(panel, 300)
+            dashboard.scroll_into_view_if_needed()
+            slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+            save_screenshot(f"tab-vit-digits-{slug}-{width}", dashboard)
+            if width == 900:
+                assert_pictures_not_blank(notebook, panel, f"vit-{slug}", selector)
+    layers = notebook.kernel_eval("print(board.panels['Feature maps'].layer, board.panels['Grad-CAM'].layer)").split()
+    assert layers == [MIDDLE_BLOCK, f"{MIDDLE_BLOCK}.ln_1"]
+    compare = show_tab(dashboard, "Compare")
+    titles = compare.locator(".cnnviz-compare-card").all_inner_texts()
+    assert any("rollout" in text.lower() for text in titles) and any("chefer" in text.lower() for text in titles), titles
+    assert_nothing_wrong(notebook)
