@@ -16,6 +16,9 @@ from ..sprites import HOVER_MAX_SIDE, HOVER_THUMBNAIL_SIZE, build_atlas
 from . import scatter_data
 
 BUNDLE = Path(__file__).resolve().parent.parent / "static" / "scatter3d.js"
+# With software WebGL (no GPU) on a 2-core machine a redraw costs about a millisecond per thousand points: a
+# sample of this size redraws in about 30 ms, and still shows every cluster's shape.
+LOD_POINTS = 25_000
 
 
 class Scatter3D(anywidget.AnyWidget):
@@ -30,6 +33,9 @@ class Scatter3D(anywidget.AnyWidget):
     their :class:`~cnnviz_widgets.sprites.Atlas` made beforehand (:class:`~cnnviz_widgets.sprites.AtlasBuilder`);
     scores: N numbers in [0, 1] (e.g. the share of an image's neighbours two models agree on), and score_name what
     they measure: ``color_by="score"`` colours the points in five bins, red (low) through amber to green (high).
+
+    Clouds above ``lod_points`` points draw that many of them, picked at random once, while the view turns (so
+    each region keeps its share of the points), and every point once it has rested for 150 ms.
     """
 
     _esm = BUNDLE
@@ -48,6 +54,12 @@ class Scatter3D(anywidget.AnyWidget):
     color_by = traitlets.Enum(scatter_data.COLOR_BY, default_value="label").tag(sync=True)
     view = traitlets.Enum(("3d", "2d"), default_value="3d").tag(sync=True)
     point_size = traitlets.Float(4.0, help="point diameter in CSS pixels").tag(sync=True)
+    lod_points = traitlets.Int(
+        LOD_POINTS,
+        min=0,
+        help="points drawn while the view turns, a fixed random subset (plus the selected points); every point is "
+        "drawn once the view rests. 0 draws every point always",
+    ).tag(sync=True)
     width = traitlets.Int(0, help="pixels; 0 fills the notebook's width").tag(sync=True)
     height = traitlets.Int(520, help="pixels").tag(sync=True)
     sprite = traitlets.Bytes(help="PNG atlas of thumbnails, row-major").tag(sync=True)

@@ -5,11 +5,14 @@
 // wire as bytes and live on the GPU as three attributes. Drawing happens only when something changed.
 // Hover, click and lasso work in screen space: the points are projected once per camera move into a grid
 // of buckets, so each query touches only the points near the pointer.
+// Level of detail: while the view turns (drag, wheel, pan), a fixed random subset of `lod_points` points is
+// drawn (plus the selected ones), larger; once the view has rested, every point is.
 import * as THREE from "three";
 import { OrbitControls } from "three/examples/jsm/controls/OrbitControls.js";
 import { STYLE } from "./style.js";
 import { ScreenIndex } from "./screen_index.js";
 import { colourChoices, scoreLine } from "./colour_choices.js";
+import { randomSubset, withAlwaysDrawn } from "./level_of_detail.js";
 
 const NO_CLASS = 65535;
 const CAMERA_DISTANCE = 3.2;
@@ -18,6 +21,14 @@ const CLICK_TOLERANCE = 5; // pixels the pointer may travel and still count as a
 const HOVER_MIN_RADIUS = 5; // pixels: small points stay easy to hover
 const TOOLTIP_THUMBNAIL = 72;
 const LASSO_MIN_STEP = 3; // pixels between recorded lasso vertices
+// The view rests, and every point is drawn again, once the camera has not moved for this long and for this many
+// animation frames: a drag moves the camera once a frame, and on a slow machine one frame may take longer than
+// the delay, which must not pass for a rest.
+const REST_DELAY = 150; // ms
+const REST_FRAMES = 4;
+// The sample's points are drawn larger, so that a cluster thinned out to a few percent of its points still
+// reads as a blob: up to this factor, and by no more than the square root of the thinning.
+const SAMPLE_SIZE_GAIN = 2;
 
 const VERTEX_SHADER = /* glsl */ `
 uniform float pointSize;
@@ -163,6 +174,13 @@ function render({ model, el }) {
   // cube by the Python side) is in view whenever anything is.
   cloud.frustumCulled = false;
   scene.add(cloud);
+  // The subset drawn while turning: the same attribute buffers (uploaded once, shared on the GPU), drawn
+  // through an index buffer built once per point set and selection.
+  const sampleGeometry = new THREE.BufferGeometry();
+  const sampleCloud = new THREE.Points(sampleGeometry, material);
+  sampleCloud.frustumCulled = false;
+  sampleCloud.visible = false;
+  scene.add(sampleCloud);
 
   const index = new ScreenIndex();
   let positions = new Float32Array(0);
@@ -173,14 +191,37 @@ function render({ model, el }) {
   let lasso = null;
   let press = null;
   let frame = 0;
+  let subset = null; // null: every point is drawn, turning or not
+  let lastTurn = -Infinity;
+  let stillFrames = 0;
+  let turnedSinceDraw = false;
+  let restFrame = 0; // 0: at rest
 
   const is2d = () => model.get("view") === "2d";
   const camera = () => (is2d() ? orthographic : perspective);
   const controls = () => (is2d() ? pan : orbit);
   const size = () => ({ width: stage.clientWidth || model.get("width") || 600, height: model.get("height") });
 
+  const turning = () => restFrame !== 0;
+  const waitForRest = () => {
+    stillFrames++;
+    if (stillFrames < REST_FRAMES || performance.now() - lastTurn < REST_DELAY) {
+      restFrame = requestAnimationFrame(waitForRest);
+      return;
+    }
+    restFrame = 0;
+    if (subset !== null) requestDraw();
+  };
+  // A frame that follows a camera move always draws the sample, however long the previous frame took: only
+  // waitForRest, having seen the view still, brings every point back.
   const draw = () => {
     frame = 0;
+    const sampled = subset !== null && (turnedSinceDraw || turning());
+    turnedSinceDraw = false;
+    cloud.visible = !sampled;
+    sampleCloud.visible = sampled;
+    const gain = sampled ? Math.min(SAMPLE_SIZE_GAIN, Math.sqrt(count / subset.indices.length)) : 1;
+    material.uniforms.pointSize.value = model.get("point_size") * gain;
     renderer.render(scene, camera());
   };
   const requestDraw = () => {
@@ -191,8 +232,20 @@ function render({ model, el }) {
     hideHover();
     requestDraw();
   };
-  orbit.addEventListener("change", cameraMoved);
-  pan.addEventListener("change", cameraMoved);
+  const cameraTurned = () => {
+    lastTurn = performance.now();
+    turnedSinceDraw = true;
+    stillFrames = 0;
+    if (!restFrame) restFrame = requestAnimationFrame(waitForRest);
+    cameraMoved();
+  };
+  orbit.addEventListener("change", cameraTurned);
+  pan.addEventListener("change", cameraTurned);
+
+  function setAttribute(name, attribute) {
+    geometry.setAttribute(name, attribute);
+    sampleGeometry.setAttribute(name, attribute);
+  }
 
   function resize() {
     const { width, height } = size();
@@ -224,10 +277,11 @@ function render({ model, el }) {
   function setPoints() {
     positions = typedView(model.get("points"), Float32Array);
     count = Math.floor(positions.length / 3);
-    geometry.setAttribute("position", new THREE.BufferAttribute(positions, 3));
+    setAttribute("position", new THREE.BufferAttribute(positions, 3));
     geometry.setDrawRange(0, count);
     selectedFlags = new Uint8Array(count);
-    geometry.setAttribute("selectedFlag", new THREE.BufferAttribute(selectedFlags, 1));
+    setAttribute("selectedFlag", new THREE.BufferAttribute(selectedFlags, 1));
+    setSubset();
     setColors();
     setSelection();
     cameraMoved();
@@ -235,9 +289,23 @@ function render({ model, el }) {
 
   function setColors() {
     const rgb = pointColours(bytesOf(model.get("colors")), model.get("palette"), count);
-    geometry.setAttribute("pointColour", new THREE.BufferAttribute(rgb, 3, true));
+    setAttribute("pointColour", new THREE.BufferAttribute(rgb, 3, true));
     drawLegend();
     requestDraw();
+  }
+
+  function setSubset() {
+    const size = model.get("lod_points");
+    subset = size > 0 && size < count ? randomSubset(count, size) : null;
+    setSampleIndex();
+  }
+
+  function setSampleIndex() {
+    if (subset === null) {
+      sampleGeometry.setIndex(null);
+      return;
+    }
+    sampleGeometry.setIndex(new THREE.BufferAttribute(withAlwaysDrawn(subset, model.get("selected")), 1));
   }
 
   function setSelection() {
@@ -250,6 +318,7 @@ function render({ model, el }) {
       }
     }
     geometry.getAttribute("selectedFlag").needsUpdate = true;
+    setSampleIndex();
     material.uniforms.hasSelection.value = selectedCount > 0 ? 1 : 0;
     const selection = selectedCount ? ` · ${selectedCount.toLocaleString()} selected` : "";
     status.textContent = `${count.toLocaleString()} points${selection}`;
@@ -384,7 +453,9 @@ function render({ model, el }) {
       }
       return;
     }
-    if (event.buttons) return;
+    // While the view turns, the pointer's moves (and those the browser makes up as the page under it changes)
+    // would each project every point again for a hover the next frame hides: hovering waits for the rest.
+    if (event.buttons || turning()) return;
     ensureIndex();
     const i = index.nearest(x, y, hoverRadius());
     if (i < 0) hideHover();
@@ -483,7 +554,6 @@ function render({ model, el }) {
   const status = element("span", "cnnviz-scatter3d-status", toolbar);
 
   function setPointSize() {
-    material.uniforms.pointSize.value = model.get("point_size");
     sizeSlider.value = String(model.get("point_size"));
     requestDraw();
   }
@@ -508,6 +578,10 @@ function render({ model, el }) {
     "change:labels change:predictions change:scores change:score_name change:color_by": colorOptions,
     "change:sprite": setSprite,
     "change:height change:width": resize,
+    "change:lod_points": () => {
+      setSubset();
+      requestDraw();
+    },
   };
   for (const [events, handler] of Object.entries(handlers)) model.on(events, handler);
   const observer = new ResizeObserver(resize);
@@ -524,9 +598,11 @@ function render({ model, el }) {
     for (const [events, handler] of Object.entries(handlers)) model.off(events, handler);
     observer.disconnect();
     if (frame) cancelAnimationFrame(frame);
+    cancelAnimationFrame(restFrame);
     orbit.dispose();
     pan.dispose();
     geometry.dispose();
+    sampleGeometry.dispose();
     material.dispose();
     box.geometry.dispose();
     box.material.dispose();

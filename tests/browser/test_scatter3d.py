@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from harness import assert_nothing_wrong, canvas_pixels, dismiss_notifications, hover_a_point, pixel_spread
+from harness import ARTIFACTS, assert_nothing_wrong, canvas_pixels, dismiss_notifications, hover_a_point, pixel_spread
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "scatter3d.ipynb"
 MIN_SPREAD = 10.0
@@ -63,6 +66,22 @@ def distance_to_polygon(positions: np.ndarray, polygon: np.ndarray) -> np.ndarra
     along = ((positions[:, None, :] - a) * edge).sum(axis=2) / (edge * edge).sum(axis=1)
     nearest = a + np.clip(along, 0, 1)[:, :, None] * edge
     return np.linalg.norm(positions[:, None, :] - nearest, axis=2).min(axis=1)
+
+
+def saturated(pixels: np.ndarray) -> np.ndarray:
+    """Which pixels show a palette colour."""
+    return (pixels.max(axis=2) - pixels.min(axis=2)) > SATURATED
+
+
+def png_pixels(data_url: str) -> np.ndarray:
+    """(H, W, 3) pixels of a PNG data URL, as the canvas gives them."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"), dtype=np.int16)
+
+
+def save_artifact(name: str, pixels: np.ndarray) -> None:
+    """Keep pixels read from a canvas as tests/browser/artifacts/<name>.png, to be looked at."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(ARTIFACTS / f"{name}.png")
 
 
 def test_scatter_is_drawn_hovers_and_selects(open_notebook):
@@ -199,6 +218,44 @@ def test_confusion_cell_click_reaches_python(open_notebook):
 
 
 LARGE_NOTEBOOK = Path(__file__).parent / "notebooks" / "scatter3d_large.ipynb"
+# Milliseconds of each of ``redraws`` redraws while the view turns: wheel steps drive the orbit controls. A redraw
+# is timed from the start of its animation frame (the widget draws in the frame's first callback) until the
+# drawing is finished: reading back one pixel waits for the GPU. Then the frame is let through to the screen.
+TURNING_REDRAWS_MS = """async (canvas, redraws) => {
+    const gl = canvas.getContext("webgl2");
+    const pixel = new Uint8Array(4);
+    const frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+    const box = canvas.getBoundingClientRect();
+    const at = { clientX: box.left + box.width / 2, clientY: box.top + box.height / 2 };
+    await frame();
+    const times = [];
+    for (let i = 0; i < redraws; i++) {
+        canvas.dispatchEvent(new WheelEvent("wheel", { ...at, deltaY: i % 2 ? 60 : -60, bubbles: true, cancelable: true }));
+        times.push(await new Promise((done) => requestAnimationFrame((start) => {
+            gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, pixel);
+            done(performance.now() - start);
+        })));
+        await frame();
+    }
+    return times;
+}"""
+# The canvas as a PNG data URL while the view turns (the frame after a wheel step) and once it has rested (the
+# widget waits 150 ms and 4 frames after the last move; this waits longer on both counts).
+TURNING_AND_RESTING = """async (canvas) => {
+    const frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+    const box = canvas.getBoundingClientRect();
+    const at = { clientX: box.left + box.width / 2, clientY: box.top + box.height / 2, bubbles: true, cancelable: true };
+    await frame();
+    canvas.dispatchEvent(new WheelEvent("wheel", { ...at, deltaY: -60 }));
+    await frame();
+    const turning = canvas.toDataURL("image/png");
+    canvas.dispatchEvent(new WheelEvent("wheel", { ...at, deltaY: 60 }));
+    const still = performance.now();
+    for (let frames = 0; frames < 8 || performance.now() - still < 500; frames++) await frame();
+    return [turning, canvas.toDataURL("image/png")];
+}"""
+TURNING_REDRAWS = 24
+TURNING_MEDIAN_MS = 50
 
 
 def test_two_hundred_thousand_and_a_million_points(open_notebook):
@@ -208,6 +265,28 @@ def test_two_hundred_thousand_and_a_million_points(open_notebook):
     assert_nothing_wrong(notebook)
     widgets = page.locator(".cnnviz-scatter3d")
     assert widgets.count() == 2
+
+    # Level of detail at a million points: while the view turns a random sample is drawn, fast; at rest every point.
+    # Hovering and picking are checked below, on the view as the turns left it.
+    widgets.nth(1).scroll_into_view_if_needed()
+    canvas = widgets.nth(1).locator("canvas").first
+    sample = int(notebook.kernel_eval("print(huge.lod_points)"))
+    assert 0 < sample < 1_000_000
+    times = canvas.evaluate(TURNING_REDRAWS_MS, TURNING_REDRAWS)
+    median = float(np.median(times))
+    assert median < TURNING_MEDIAN_MS, f"redraws while turning take {median:.0f} ms (median of {times})"
+    turning, resting = (png_pixels(url) for url in canvas.evaluate(TURNING_AND_RESTING))
+    save_artifact("scatter3d_large-1M-turning", turning)
+    save_artifact("scatter3d_large-1M-resting", resting)
+    assert saturated(turning).sum() > MIN_POINT_PIXELS, "the sample drawn while turning is blank"
+    # A sample of 1,000 points, each at most a few pixels across, covers far fewer pixels than the million.
+    notebook.kernel_eval("huge.lod_points = 1000")
+    kernel_soon(notebook, "print(huge.lod_points)", "1000")
+    page.wait_for_timeout(500)
+    turning, resting = (int(saturated(png_pixels(url)).sum()) for url in canvas.evaluate(TURNING_AND_RESTING))
+    assert turning < resting / 4, f"{turning} coloured pixels turning on 1,000 points, {resting} at rest"
+    notebook.kernel_eval(f"huge.lod_points = {sample}")
+
     for index, (name, count) in enumerate([("200k", 200_000), ("1M", 1_000_000)]):
         widget = widgets.nth(index)
         widget.scroll_into_view_if_needed()
