@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 import cnnviz_widgets as cw
+from cnnviz_widgets.inputs import fixed_input_size
 from cnnviz_widgets.layers import called_layers, heatmap_layer
 from cnnviz_widgets.replica import borrow
 from tests.model_state import ModelState, used_model
@@ -93,6 +94,44 @@ class FeaturesThenLogits(nn.Module):
         return maps, self.head(maps.mean(dim=(2, 3)))
 
 
+def timm_model(name: str, **kwargs):
+    def build():
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=CLASSES, **kwargs)
+
+    return build
+
+
+def hugging_face_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=CLASSES,
+    )  # fmt: skip
+    return ViTForImageClassification(config)
+
+
+# Vision transformers and hybrids, small enough to be quick: the same code paths as their full sizes.
+TRANSFORMERS = {
+    "timm_vit_tiny": (timm_model("vit_tiny_patch16_224", img_size=64), (3, 64, 64)),
+    "timm_deit_distilled": (timm_model("deit_tiny_distilled_patch16_224", img_size=64), (3, 64, 64)),
+    "timm_vit_registers": (timm_model("vit_tiny_patch16_224", img_size=64, reg_tokens=4, no_embed_class=True), (3, 64, 64)),
+    "timm_swin": (
+        timm_model("swin_tiny_patch4_window7_224", img_size=64, window_size=4, depths=(1, 1, 1, 1), embed_dim=24),
+        (3, 64, 64),
+    ),
+    "timm_mobilevit_xxs": (timm_model("mobilevit_xxs"), (3, 64, 64)),
+    "torchvision_vit": (
+        lambda: torchvision.models.VisionTransformer(
+            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=CLASSES
+        ),
+        (3, 32, 32),
+    ),
+    "hugging_face_vit": (hugging_face_vit, (3, 32, 32)),
+}
+
 # name -> (builder, input (C, H, W))
 MODELS = {
     "resnet18": (vision("resnet18"), (3, SIDE, SIDE)),
@@ -110,6 +149,7 @@ MODELS = {
     "functional_relus": (FunctionalReLUs, (3, 48, 48)),
     "grey_non_square": (GreyNonSquare, (1, 40, 56)),
     "returns_an_object": (ReturnsAnObject, (3, 40, 40)),
+    **TRANSFORMERS,
 }
 
 # Every tab of a dashboard on each family, but for the three whose parts the others already bring (plain conv
@@ -143,7 +183,7 @@ def preprocess_for(shape):
 
 def default_heatmap_layer(model, x):
     with borrow(model) as replica:
-        return heatmap_layer(called_layers(replica, x[None]), model)
+        return heatmap_layer(called_layers(replica, x[None]), model, x[None])
 
 
 @pytest.mark.slow
@@ -156,6 +196,9 @@ def test_every_function_works_and_leaves_the_model_as_it_was(name):
     assert layers and all(len(layer_shape) == 3 for _, layer_shape in layers)
     first, heat = layers[0][0], default_heatmap_layer(model, x)
     assert cw.feature_maps(model, x, first).shape == layers[0][1]
+    shown = cw.map_layers(model, x)
+    assert set(layers) <= set(shown)
+    assert cw.feature_maps(model, x, heat).shape == dict(shown)[heat]
     cam = cw.grad_cam(model, x, heat, 3)
     assert cam.shape == shape[1:] and torch.isfinite(cam).all()
     assert cw.guided_backprop(model, x, 3).shape == shape
@@ -164,7 +207,9 @@ def test_every_function_works_and_leaves_the_model_as_it_was(name):
     result = cw.occlusion(model, x, 3, window=window, stride=window)
     assert result.scores.shape == tuple(-(-(side - window) // window) + 1 for side in shape[1:])
     assert cw.filter_weights(model, first).shape[0] == layers[0][1][0]
-    assert cw.filter_patterns(model, first, [0], size=32, steps=2).shape == (1, shape[0], 32, 32)
+    # Patterns at the one size a ViT with fixed position embeddings reads, else at 32 px.
+    size = fixed_input_size(model) or (32, 32)
+    assert cw.filter_patterns(model, first, [0], size=size, steps=2).shape == (1, shape[0], *size)
     batch = torch.rand(2, *shape)
     embeddings = cw.embed(model, batch, progress=False)
     assert embeddings.shape[0] == 2 and np.isfinite(embeddings).all()

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..inputs import check_image, check_int, check_model, check_target
+from ..layers import prefix_tokens
 from ..outputs import check_output, logits_of
 from ..probe import probe
 from ..replica import borrow
@@ -150,8 +151,10 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def has_attention(model: nn.Module) -> bool:
-    """Whether :func:`attention` can read ``model``'s attention (the Compare view lists its methods then)."""
-    return bool(attention_modules(model))
+    """Whether :func:`attention` can read ``model``'s attention (the Compare view lists its methods then): global
+    self-attention it can recompute, and a class token whose row the maps read (MobileViT's attention runs
+    within patches, with no class token)."""
+    return bool(attention_modules(model)) and bool(prefix_tokens(model))
 
 
 def check_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
