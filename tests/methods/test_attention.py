@@ -320,44 +320,21 @@ def test_the_sanity_cascade_says_rollout_does_not_depend_on_the_head():
     assert not chefer.same_without_head
 
 
-@pytest.fixture(scope="module")
-def trained_vit():
-    """A two-block ViT trained on the digits for eight epochs (about 6 s on one thread): 82 % test accuracy."""
-    threads = torch.get_num_threads()
-    # Two threads on a network this small spend their time waiting on each other: one is four times faster.
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        x, y, _ = cw.demo.digits("train")
-        model = VisionTransformer(img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
-        optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
-        order = torch.Generator().manual_seed(0)
-        for _ in range(8):
-            for batch in torch.randperm(len(x), generator=order).split(32):
-                loss = F.cross_entropy(model(x[batch]), y[batch])
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
-
-
-@pytest.mark.slow
-def test_chefers_map_changes_once_the_head_is_randomised_and_rollouts_does_not(trained_vit):
+def test_chefers_map_changes_once_the_head_is_randomised_and_rollouts_does_not():
+    """On the bundled digits ViT (torchvision's, four blocks, 98% on the test digits)."""
     x, y, _ = cw.demo.digits("test")
-    with torch.no_grad():
-        assert float((trained_vit(x).argmax(dim=1) == y).float().mean()) > 0.6
-    state = ModelState(trained_vit)
+    vit = cw.demo.digits_vit()
+    inputs = x.repeat(1, 3, 1, 1)
+    state = ModelState(vit)
     correlations = []
-    for picture, label in zip(x[:20], y[:20]):
-        result = cw.sanity_check(trained_vit, picture, int(label), "chefer", max_steps=1)
-        assert result.layers == ["head"]
+    for picture, label in zip(inputs[:20], y[:20]):
+        result = cw.sanity_check(vit, picture, int(label), "chefer", max_steps=1)
+        assert result.layers == ["heads.head"]
         correlations.append(float(result.rank_correlations[0]))
-    # Measured: a mean of 0.41 over these 20 digits (from -0.55 to 0.94; median 0.42).
+    # Measured: a mean of 0.33 over these 20 digits (from -0.16 to 0.84; median 0.38).
     assert sum(correlations) / len(correlations) < 0.5
-    for picture, label in zip(x[:3], y[:3]):
-        rollout = cw.sanity_check(trained_vit, picture, int(label), "attention-rollout", max_steps=2)
+    for picture, label in zip(inputs[:3], y[:3]):
+        rollout = cw.sanity_check(vit, picture, int(label), "attention-rollout", max_steps=2)
         assert torch.equal(rollout.maps[0], rollout.original)
         assert rollout.rank_correlations[0] == pytest.approx(1.0)
         assert cw.sanity_verdict(rollout).same_without_head
