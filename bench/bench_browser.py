@@ -3,8 +3,9 @@ tests drive it.
 
 Run with ``make bench``, or ``.venv/bin/python bench/bench_browser.py [--repeats N]``. Prints markdown tables:
 
-- Scatter3D redraws, 200,000 and 1,000,000 points: the mean time per frame over 12 zoom steps, each frame
-  awaited, repeated;
+- Scatter3D redraws at 200,000, 1,000,000 and 5,000,000 points, each redraw's frame awaited after a zoom step:
+  while the view turns (the random sample of ``lod_points`` drawn) and at rest (every point drawn, measured
+  with the level of detail off);
 - repaints in the tour's photo dashboard (EfficientNet-Lite0): from a control's change event to the frame after
   the new picture loaded, for 7 changes each: a Grad-CAM class among the top 10 (computed ahead by the panel's
   prefetch), a class far down the list (computed on the spot), a feature-map layer (prefetched), a colormap.
@@ -13,6 +14,7 @@ Run with ``make bench``, or ``.venv/bin/python bench/bench_browser.py [--repeats
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -22,47 +24,66 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
 import harness  # noqa: E402 - the browser tests' harness, found through the path set above
+from test_scatter3d import TURNING_REDRAWS_MS  # noqa: E402 - the browser test's measure, the same path
 
 LARGE_NOTEBOOK = ROOT / "tests" / "browser" / "notebooks" / "scatter3d_large.ipynb"
 TOUR = ROOT / "notebooks" / "tour.ipynb"
-REDRAWS = 12
+TURNING_REDRAWS = 12
+RESTING_REDRAWS = 3  # of every point: seconds each at 5,000,000
 CHANGES = 7
-
-# Mean milliseconds per redraw while zooming: wheel steps drive the orbit controls, each frame is awaited.
-REDRAW_TIME = """async (canvas, redraws) => {
-    const frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
-    const box = canvas.getBoundingClientRect();
-    const at = { clientX: box.left + box.width / 2, clientY: box.top + box.height / 2 };
-    await frame();
-    const start = performance.now();
-    for (let i = 0; i < redraws; i++) {
-        const step = { ...at, deltaY: i % 2 ? 60 : -60, bubbles: true, cancelable: true };
-        canvas.dispatchEvent(new WheelEvent("wheel", step));
-        await frame();
-    }
-    return (performance.now() - start) / redraws;
-}"""
+# The same clusters as the browser test's notebook, at 5,000,000 points (85 MB sent to the browser).
+FIVE_MILLION_CELLS = [
+    """import numpy as np
+import cnnviz_widgets as cw
+rng = np.random.default_rng(2)
+labels = rng.integers(0, 10, 5_000_000)
+points = rng.normal(scale=4.0, size=(10, 3))[labels] + rng.normal(size=(5_000_000, 3))""",
+    "giant = cw.Scatter3D(points, labels=labels, height=420)\ngiant",
+]
 
 
 def spread(values: list[float]) -> str:
     return f"{min(values):.0f} | {statistics.median(values):.0f} | {max(values):.0f}"
 
 
-def scatter_redraws(browser, server, repeats: int) -> None:
-    notebook, context = harness.open_notebook(browser, server, LARGE_NOTEBOOK)
-    try:
-        harness.assert_nothing_wrong(notebook)
-        print("| Scatter3D | redraw, min (ms) | median (ms) | max (ms) |")
-        print("| --- | ---: | ---: | ---: |")
-        widgets = notebook.page.locator(".cnnviz-scatter3d")
-        for index, points in enumerate(["200,000", "1,000,000"]):
-            widget = widgets.nth(index)
-            widget.scroll_into_view_if_needed()
-            canvas = widget.locator("canvas").first
-            times = [canvas.evaluate(REDRAW_TIME, REDRAWS) for _ in range(repeats)]
-            print(f"| {points} points | {spread(times)} |", flush=True)
-    finally:
-        context.close()
+def five_million_notebook(folder: Path) -> Path:
+    path = folder / "scatter3d_five_million.ipynb"
+    cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+             for source in FIVE_MILLION_CELLS]  # fmt: skip
+    kernel = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": kernel}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+def redraw_times(notebook, widget_name: str, index: int, repeats: int) -> tuple[int, list[float], list[float]]:
+    """-> (points drawn while turning, ms of each redraw while turning, ms of each redraw of every point)."""
+    widget = notebook.page.locator(".cnnviz-scatter3d").nth(index)
+    widget.scroll_into_view_if_needed()
+    canvas = widget.locator("canvas").first
+    sample = int(notebook.kernel_eval(f"print({widget_name}.lod_points)"))
+    turning = [t for _ in range(repeats) for t in canvas.evaluate(TURNING_REDRAWS_MS, TURNING_REDRAWS)]
+    notebook.kernel_eval(f"{widget_name}.lod_points = 0")
+    resting = [t for _ in range(repeats) for t in canvas.evaluate(TURNING_REDRAWS_MS, RESTING_REDRAWS)]
+    notebook.kernel_eval(f"{widget_name}.lod_points = {sample}")
+    return sample, turning, resting
+
+
+def scatter_redraws(browser, server, repeats: int, scratch: Path) -> None:
+    print("| Scatter3D | drawn while turning | turning: redraw, min (ms) | median (ms) | max (ms) "
+          "| at rest, every point: min (ms) | median (ms) | max (ms) |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    clouds = [(LARGE_NOTEBOOK, [("big", 200_000), ("huge", 1_000_000)]), (five_million_notebook(scratch), [("giant", 5_000_000)])]
+    for path, widgets in clouds:
+        notebook, context = harness.open_notebook(browser, server, path)
+        try:
+            harness.assert_nothing_wrong(notebook)
+            for index, (name, count) in enumerate(widgets):
+                sample, turning, resting = redraw_times(notebook, name, index, repeats)
+                drawn = f"{sample:,}" if 0 < sample < count else "every point"
+                print(f"| {count:,} points | {drawn} | {spread(turning)} | {spread(resting)} |", flush=True)
+        finally:
+            context.close()
+            harness.shut_down_kernels(server)
 
 
 def repaints(notebook, select, picture, indices) -> list[float]:
@@ -114,7 +135,7 @@ def main():
         root.mkdir()
         with harness.jupyter_server(home, root) as server, harness.chromium() as browser:
             print(f"JupyterLab in headless Chromium ({harness.CHROMIUM}), software WebGL\n")
-            scatter_redraws(browser, server, arguments.repeats)
+            scatter_redraws(browser, server, arguments.repeats, Path(scratch))
             dashboard_repaints(browser, server)
 
 
