@@ -7,6 +7,7 @@ from torch import nn
 import cnnviz_widgets as cw
 from cnnviz_widgets.methods.filters import map_weights, receptive_field
 from cnnviz_widgets.probe import probe
+from tests.model_state import ModelState
 
 DEMO_NORMALIZE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # What cw.demo.digits_preprocess does: ink (dark on the displayed picture) is 1 for the network.
@@ -234,3 +235,25 @@ def test_the_checkpoint_runs_after_every_step(resnet18):
         checkpoint=lambda fraction, pictures=None: calls.append((round(fraction * 5), pictures is not None)),
     )
     assert calls == [(1, False), (2, False), (3, False), (4, False), (5, True)]
+
+
+def test_a_transformer_blocks_filter_is_one_of_its_token_channels():
+    """The digits ViT's second block: 48 channels of 8 x 8 patch tokens. Each pattern excites its channel, the
+    mean over the patch tokens read by a plain hook, far more than the grey picture the optimisation starts from."""
+    vit = cw.demo.digits_vit()
+    state = ModelState(vit)
+    block = "encoder.layers.encoder_layer_1"
+    patterns = cw.filter_patterns(vit, block, [0, 5], steps=64)
+    assert patterns.shape == (2, 3, 32, 32)
+    seen = {}
+    hook = vit.get_submodule(block).register_forward_hook(lambda module, args, output: seen.__setitem__("tokens", output))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    try:
+        with torch.no_grad():
+            vit((torch.cat([patterns, torch.full((1, 3, 32, 32), 0.5)]) - mean) / std)
+    finally:
+        hook.remove()
+    patches = seen["tokens"][:, 1:]
+    for row, channel in enumerate((0, 5)):
+        assert patches[row, :, channel].mean() > 2 * patches[2, :, channel].mean().abs() + 1.0
+    state.assert_unchanged()
