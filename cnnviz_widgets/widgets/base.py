@@ -270,11 +270,11 @@ class Panel(widgets.VBox):
             runner.retire()
         self.task_bar.done()
 
-    def weights_changed(self, generation: int) -> None:
-        """The user's model has new weights: say so, and recompute what the panel shows."""
+    def weights_changed(self, generation: int, whose: str = "model") -> None:
+        """The user's model (or the ``whose`` it names) has new weights: say so, and recompute what the panel shows."""
         self.note.value = (
             "<div class='cnnviz-note' style='background:#e3f2fd;color:#0d47a1;padding:4px 10px;font-size:12px'>"
-            f"the model's weights changed (update {generation}): the views were recomputed</div>"
+            f"the {whose}'s weights changed (update {generation}): the views were recomputed</div>"
         )
         self.note.layout.display = "block"
         self.recompute()

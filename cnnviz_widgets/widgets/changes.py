@@ -288,12 +288,7 @@ class ModelDiffPanel(Panel):
 
     def reference_changed(self, generation: int) -> None:
         """The reference model has new weights: say so, and compare again."""
-        self.note.value = (
-            "<div class='cnnviz-note' style='background:#e3f2fd;color:#0d47a1;padding:4px 10px;font-size:12px'>"
-            f"the reference model's weights changed (update {generation}): the comparison was recomputed</div>"
-        )
-        self.note.layout.display = "block"
-        self.recompute()
+        self.weights_changed(generation, whose="reference model")
 
     def recompute(self) -> None:
         self.pair.clear()

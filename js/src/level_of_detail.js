@@ -4,7 +4,7 @@
 // subset on every frame, so the cloud does not shimmer while it turns.
 
 // Small, seeded and fast: the same points give the same subset on every redraw of the widget.
-function mulberry32(seed) {
+export function mulberry32(seed) {
   let state = seed >>> 0;
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;

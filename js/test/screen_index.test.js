@@ -2,6 +2,7 @@
 // here against brute force, without WebGL or a browser.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { mulberry32 as generator } from "../src/level_of_detail.js";
 import { ScreenIndex } from "../src/screen_index.js";
 
 const WIDTH = 400;
@@ -18,18 +19,7 @@ function built(points, matrix = IDENTITY, flatten = false) {
   return index;
 }
 
-// Mulberry32: a seeded generator, so a failing case can be replayed.
-function generator(seed) {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
+// Seeded points, so that a failing case can be replayed.
 function randomPoints(random, count) {
   return Array.from({ length: count }, () => [random() * 2 - 1, random() * 2 - 1, random() * 2 - 1]);
 }

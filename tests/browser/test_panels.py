@@ -349,12 +349,18 @@ def test_digit_dashboard_a_projector_point_or_a_mistake_becomes_the_grad_cam_ima
 DIAGNOSE_DIGITS = Path(__file__).parent / "notebooks" / "diagnose_digits.ipynb"
 
 
-def test_diagnose_tab_shows_cards_a_card_opens_its_images_in_the_gallery_and_the_export_holds_the_planted_suspects(open_notebook):
-    notebook = open_notebook(DIAGNOSE_DIGITS, viewport=(1500, 1100))
+def opened_dashboard(open_notebook, path: Path, viewport: tuple[int, int]):
+    """The notebook at ``path`` run in the browser, nothing wrong on it, and its first dashboard in view."""
+    notebook = open_notebook(path, viewport=viewport)
     dismiss_notifications(notebook.page)
     assert_nothing_wrong(notebook)
     dashboard = notebook.page.locator(".cnnviz-dashboard").first
     dashboard.scroll_into_view_if_needed()
+    return notebook, dashboard
+
+
+def test_diagnose_tab_shows_cards_a_card_opens_its_images_in_the_gallery_and_the_export_holds_the_planted_suspects(open_notebook):
+    notebook, dashboard = opened_dashboard(open_notebook, DIAGNOSE_DIGITS, (1500, 1100))
 
     panel = show_tab(dashboard, "Diagnose")
     wait_until_drawn(panel, 300)
@@ -403,11 +409,7 @@ CHANGES_DIGITS = Path(__file__).parent / "notebooks" / "changes_digits.ipynb"
 
 def test_changes_tab_draws_every_view_and_a_click_on_a_flip_shows_both_models_maps(open_notebook):
     # Tall enough for the whole tab at 900 px, where its views stand one under the other.
-    notebook = open_notebook(CHANGES_DIGITS, viewport=(1300, 2600))
-    dismiss_notifications(notebook.page)
-    assert_nothing_wrong(notebook)
-    dashboard = notebook.page.locator(".cnnviz-dashboard").first
-    dashboard.scroll_into_view_if_needed()
+    notebook, dashboard = opened_dashboard(open_notebook, CHANGES_DIGITS, (1300, 2600))
     panel = show_tab(dashboard, "Changes")
     wait_until_drawn(panel, 300)
     panel.locator(".cnnviz-changes-cka .heatmapcell").first.wait_for(timeout=120_000)
@@ -465,11 +467,7 @@ MIDDLE_BLOCK = "encoder.layers.encoder_layer_1"
 
 
 def test_vit_dashboard_shows_a_middle_block_in_feature_maps_grad_cam_and_compare(open_notebook):
-    notebook = open_notebook(VIT_DIGITS, viewport=(1300, 1800))
-    dismiss_notifications(notebook.page)
-    assert_nothing_wrong(notebook)
-    dashboard = notebook.page.locator(".cnnviz-dashboard").first
-    dashboard.scroll_into_view_if_needed()
+    notebook, dashboard = opened_dashboard(open_notebook, VIT_DIGITS, (1300, 1800))
     notebook.kernel_eval(f"board.panels['Feature maps'].layer = '{MIDDLE_BLOCK}'\nboard.layer = '{MIDDLE_BLOCK}.ln_1'")
     for width in (900, 1600):
         notebook.set_output_width(width)

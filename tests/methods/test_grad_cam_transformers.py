@@ -9,22 +9,13 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from test_cams import ORACLES
 
 import cnnviz_widgets as cw
 from cnnviz_widgets.methods.grad_cam import CAM_METHODS, principal_projection
 from tests.model_state import ModelState, used_model
 
-ORACLES = {
-    "grad-cam": GradCAM,
-    "grad-cam++": GradCAMPlusPlus,
-    "xgrad-cam": XGradCAM,
-    "layer-cam": LayerCAM,
-    "hires-cam": HiResCAM,
-    "score-cam": ScoreCAM,
-    "eigen-cam": EigenCAM,
-}
 TARGET = 3
 
 
