@@ -652,10 +652,19 @@ def _pca(points: np.ndarray, dims: int, seed: int) -> np.ndarray:
     # Only the top eigenvectors: 0.2 s for a 1,280 x 1,280 covariance, where a full decomposition took 3 s.
     # On one thread: the search meets its threads at each column, and on a busy 2-core machine two threads
     # took 1 to 8 s, one 0.13 to 0.19 s (most of the Projector tab's opening after the pass).
-    covariance = (centred.T @ centred).double().numpy()
-    with threadpool_limits(1, user_api="blas"):
-        _, vectors = eigh(covariance, subset_by_index=[width - dims, width - 1])
-    axes = torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1]))
+    if len(centred) < width:
+        # Fewer points than dimensions (3 images of a model whose classifier reads 8,960 values): the axes
+        # from the (N, D) points' own decomposition, where the (D, D) covariance's took a minute. Past the
+        # points' rank the axes carry nothing; they are left at zero.
+        _, _, right = torch.linalg.svd(centred.double(), full_matrices=False)
+        axes = torch.zeros(width, dims, dtype=torch.float64)
+        kept = min(dims, len(right))
+        axes[:, :kept] = right[:kept].T
+    else:
+        covariance = (centred.T @ centred).double().numpy()
+        with threadpool_limits(1, user_api="blas"):
+            _, vectors = eigh(covariance, subset_by_index=[width - dims, width - 1])
+        axes = torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1]))
     axes = axes * torch.sign(axes.gather(0, axes.abs().argmax(dim=0, keepdim=True)))
     return (centred @ axes.to(dtype)).float().numpy()
 

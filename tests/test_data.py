@@ -322,6 +322,19 @@ def test_pca_equals_sklearn_up_to_sign(embeddings):
     np.testing.assert_allclose(ours, reference * signs, atol=1e-3 * np.abs(reference).max())
 
 
+def test_pca_of_fewer_points_than_dimensions_equals_sklearn_up_to_sign():
+    """Six images of a model whose classifier reads 8,960 values: the axes from the points themselves."""
+    points = np.random.default_rng(0).normal(size=(6, 8960)).astype(np.float32)
+    ours = cw.project(points, "pca", dims=3)
+    reference = PCA(n_components=3).fit_transform(points.astype(np.float64))
+    signs = np.sign((ours * reference).sum(axis=0))
+    np.testing.assert_allclose(ours, reference * signs, atol=1e-3 * np.abs(reference).max())
+    # Three points spread along two axes: the third is zero, as they do not spread along it.
+    three = cw.project(points[:3], "pca", dims=3)
+    np.testing.assert_allclose(three[:, 2], 0, atol=1e-6 * np.abs(three).max())
+    np.testing.assert_allclose(np.linalg.norm(three[:, :2], axis=1), np.linalg.norm(points[:3] - points[:3].mean(axis=0), axis=1), rtol=1e-4)
+
+
 def test_pca_of_large_inputs_in_float32_equals_sklearn_up_to_sign(embeddings, monkeypatch):
     monkeypatch.setattr(data, "PCA_FLOAT64_MAX_VALUES", 100)
     wide = np.concatenate([embeddings, embeddings[:, ::-1] * 0.5], axis=1)

@@ -99,6 +99,11 @@ def _principal_axes(array: np.ndarray, inverse_norms: np.ndarray, components: in
     unit = _unit_rows(array, sample, inverse_norms).astype(np.float32, copy=False)
     mean = unit.mean(axis=0)
     unit -= mean
+    if len(unit) < unit.shape[1]:
+        # Fewer rows than dimensions: the rows' own decomposition, where a (D, D) covariance of 8,960 dimensions
+        # took a minute for three images.
+        _, _, right = np.linalg.svd(unit, full_matrices=False)
+        return mean, np.ascontiguousarray(right[:components].T, dtype=np.float32)
     # The (D, D) covariance and its eigenvectors: 1,280 x 1,280 takes a fraction of a second and copies nothing
     # of size N.
     eigenvalues, eigenvectors = np.linalg.eigh(unit.T @ unit)

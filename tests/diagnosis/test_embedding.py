@@ -250,3 +250,20 @@ def test_bad_input_is_refused_naming_the_argument(call, error, start):
     with pytest.raises(error) as raised:
         call()
     assert str(raised.value).startswith(start)
+
+
+def test_the_principal_axes_of_fewer_rows_than_dimensions_span_the_covariances_leading_ones():
+    """Few images of a wide embedding: the axes from the rows themselves span what the (D, D) covariance's
+    leading eigenvectors span."""
+    from cnnviz_widgets.diagnosis.embedding import _principal_axes
+
+    rows = np.random.default_rng(1).normal(size=(12, 600))
+    inverse_norms = 1 / np.linalg.norm(rows, axis=1)
+    mean, axes = _principal_axes(rows, inverse_norms, 5)
+    unit = rows * inverse_norms[:, None]
+    centred = unit - unit.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    leading = vectors[:, ::-1][:, :5]
+    np.testing.assert_allclose(mean, unit.mean(axis=0), atol=1e-6)
+    # The same subspace: the projection of one basis on the other keeps every length.
+    np.testing.assert_allclose(np.linalg.svd(leading.T @ axes, compute_uv=False), 1.0, atol=1e-4)
