@@ -26,15 +26,17 @@ def wire(widget) -> tuple[dict, list[list[str]], list]:
     return _remove_buffers(widget.get_state())
 
 
-def test_seventy_thousand_points_cross_as_seventeen_bytes_each():
+def classified_points(count: int, **more) -> cw.Scatter3D:
+    """``count`` random points with labels and predictions among 10 classes (and ``more`` traits)."""
     rng = np.random.default_rng(0)
-    count = 70_000
-    widget = cw.Scatter3D(
-        rng.normal(size=(count, 3)),
-        labels=rng.integers(0, 10, count),
-        predictions=rng.integers(0, 10, count),
-        class_names=[f"class {k}" for k in range(10)],
+    return cw.Scatter3D(
+        rng.normal(size=(count, 3)), labels=rng.integers(0, 10, count), predictions=rng.integers(0, 10, count), **more
     )
+
+
+def test_seventy_thousand_points_cross_as_seventeen_bytes_each():
+    count = 70_000
+    widget = classified_points(count, class_names=[f"class {k}" for k in range(10)])
     state, paths, buffers = wire(widget)
     sizes = {path[0]: len(buffer) for path, buffer in zip(paths, buffers)}
     promised = {name: size * count for name, size in BYTES_PER_POINT.items()}
@@ -46,16 +48,9 @@ def test_seventy_thousand_points_cross_as_seventeen_bytes_each():
 
 
 def test_scores_cross_as_four_bytes_a_point_in_a_binary_buffer():
-    rng = np.random.default_rng(0)
     count = 70_000
-    widget = cw.Scatter3D(
-        rng.normal(size=(count, 3)),
-        labels=rng.integers(0, 10, count),
-        predictions=rng.integers(0, 10, count),
-        scores=rng.integers(0, 11, count) / 10,
-        score_name="neighbours shared with the reference model",
-        color_by="score",
-    )
+    scores = np.random.default_rng(1).integers(0, 11, count) / 10
+    widget = classified_points(count, scores=scores, score_name="neighbours shared with the reference model", color_by="score")
     state, paths, buffers = wire(widget)
     sizes = {path[0]: len(buffer) for path, buffer in zip(paths, buffers)}
     assert sizes["scores"] == 4 * count and sizes["colors"] == count
