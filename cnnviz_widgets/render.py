@@ -398,3 +398,10 @@ def enlarged(picture: np.ndarray, side: int) -> np.ndarray:
     sharp), before it is fitted into ``side``."""
     factor = side // max(picture.shape[:2])
     return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture
+
+
+def fitted_size(shape: tuple[int, ...], side: int) -> tuple[int, int]:
+    """``(height, width)`` of a picture of ``shape`` ``(H, W, ...)`` scaled so that its long side is ``side``."""
+    height, width = shape[:2]
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))

@@ -461,19 +461,17 @@ class ModelDiffPanel(Panel):
         predictions = (int(diff.predictions_a[image]), int(diff.predictions_b[image]))
         classes = list(dict.fromkeys([true, *predictions]))
         reference_layer = self.reference_layer()
-        view = render.enlarged(self.session.view(image), MAP_SIDE)
+        height, width = render.fitted_size(self.session.view(image).shape, MAP_SIDE)
         pictures, captions, tiles = [], [], []
-        for row, (session, at, who) in enumerate(
-            ((self.reference_session, reference_layer, "reference"), (self.session, layer, "this model"))
-        ):
+        for session, at, who in ((self.reference_session, reference_layer, "reference"), (self.session, layer, "this model")):
+            # Each model's own view: the two may crop and resize the picture differently.
+            view = render.enlarged(session.view(image), MAP_SIDE)
             probabilities = session.probabilities(image)
             row_pictures, row_captions = [], []
             for target in classes:
-                own_view = view if row == 1 else render.enlarged(session.view(image), MAP_SIDE)
-                height, width = self._fitted(image)
                 why = ""
                 try:
-                    overlay = render.resize(render.overlay(own_view, session.grad_cam(image, at, target)), height, width)
+                    overlay = render.resize(render.overlay(view, session.grad_cam(image, at, target)), height, width)
                 except ValueError as error:
                     # One model without gradients (a quantized copy) leaves its own maps out, not the whole view.
                     overlay = render.placeholder(width, height, "no Grad-CAM")
@@ -489,11 +487,6 @@ class ModelDiffPanel(Panel):
             pictures.append(row_pictures)
             captions.append(row_captions)
         return _Maps(image, classes, pictures, captions, tiles)
-
-    def _fitted(self, index: int) -> tuple[int, int]:
-        height, width = self.session.view(index).shape[:2]
-        scale = MAP_SIDE / max(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
 
     def _show_maps(self, maps: _Maps) -> None:
         if maps.image != self.image:

@@ -479,11 +479,14 @@ class DiagnosePanel(Panel):
                     self._map_of(int(index), card.kind, card.evidence, layer, mapped_class(card.kind, card.evidence, position))
                     for position, index in enumerate(card.shown)
                 ]
+                views = [self.session.view(int(index)) for index in card.shown]
                 pictures = [
                     render.to_png(
-                        render.resize(render.overlay(render.enlarged(self.session.view(int(index)), THUMBNAIL_SIDE), heat), *self._fitted(int(index)))
+                        render.resize(
+                            render.overlay(render.enlarged(view, THUMBNAIL_SIDE), heat), *render.fitted_size(view.shape, THUMBNAIL_SIDE)
+                        )
                     )
-                    for index, heat in zip(card.shown, maps)
+                    for view, heat in zip(views, maps)
                 ]
                 self._apply(self._show_maps, (drawing_serial, card.rank, pictures))
             return None
@@ -495,12 +498,6 @@ class DiagnosePanel(Panel):
         if kind == "heatmap cluster" and (evidence["method"] != "grad-cam" or evidence["layer"] != layer):
             return self.session.explanation(index, evidence["method"], evidence["layer"], target)
         return self.session.grad_cam(index, layer, target)
-
-    def _fitted(self, index: int) -> tuple[int, int]:
-        """A thumbnail's size, long side THUMBNAIL_SIDE, in the shape of the model's view of the picture."""
-        height, width = self.session.view(index).shape[:2]
-        scale = THUMBNAIL_SIDE / max(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
 
     def _show_maps(self, result) -> None:
         serial, rank, pictures = result
